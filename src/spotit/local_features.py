@@ -1,0 +1,50 @@
+"""Local features: SIFT keypoints and descriptors (OpenCV)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .images import resize_max_side
+
+# "seed" is the assignment's notebook: OpenCV's default SIFT, no keypoint cap.
+# Photos are first brought to at most 1024 px so that a 12-megapixel phone photo
+# costs what a benchmark photo costs; benchmark photos are smaller and untouched.
+confs = {
+    "seed": {"max_side": 1024, "nfeatures": 0},
+}
+
+
+@dataclass
+class LocalFeatures:
+    """Keypoints as (n, 4) float32 [x, y, size, angle] in original image pixels, and (n, 128) descriptors."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+def empty_features() -> LocalFeatures:
+    return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
+
+
+class SiftExtractor:
+    def __init__(self, conf: str = "seed"):
+        self.conf_name = conf
+        self.conf = confs[conf]
+        self._sift = cv2.SIFT_create(nfeatures=self.conf["nfeatures"])
+
+    def __call__(self, image: np.ndarray) -> LocalFeatures:
+        small, scale = resize_max_side(image, self.conf["max_side"])
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        keypoints, descriptors = self._sift.detectAndCompute(grey, None)
+        if descriptors is None or not keypoints:
+            return empty_features()
+        points = np.array([(k.pt[0], k.pt[1], k.size, k.angle) for k in keypoints], np.float32)
+        points[:, :3] /= scale
+        # SIFT descriptors are floats in [0, 255] after OpenCV's internal scaling; uint8 halves storage x4
+        return LocalFeatures(points, np.clip(np.round(descriptors), 0, 255).astype(np.uint8))

@@ -1,0 +1,66 @@
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Exported models go to one folder per test session (the export runs once, offline)."""
+    cache = os.environ.get("SPOTIT_TEST_CACHE") or str(tmp_path_factory.mktemp("model-cache"))
+    old = os.environ.get("SPOTIT_CACHE")
+    os.environ["SPOTIT_CACHE"] = cache
+    yield Path(cache)
+    if old is None:
+        os.environ.pop("SPOTIT_CACHE", None)
+    else:
+        os.environ["SPOTIT_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def no_default_index(tmp_path, monkeypatch):
+    """No test may touch the user's real default index."""
+    monkeypatch.setenv("SPOTIT_INDEX", str(tmp_path / "default-index"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """A 20-photo gallery made from real photos with pasted objects, and its boxed query."""
+    from spotit.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_index(demo, tmp_path_factory):
+    """The demo gallery indexed with both methods (shared: tests must not modify it)."""
+    from spotit import Index
+
+    index = Index.create(tmp_path_factory.mktemp("demo-index") / "index", demo["gallery"], ["cnn", "sift"])
+    index.update(progress=False)
+    return index
+
+
+@pytest.fixture
+def gallery_copy(demo, tmp_path):
+    """A private copy of the demo gallery that a test may change."""
+    target = tmp_path / "gallery"
+    shutil.copytree(demo["gallery"], target)
+    return target
+
+
+@pytest.fixture
+def noise_image():
+    """Writes a random-noise image: noise_image(path, seed=0, size=(h, w))."""
+
+    def write(path: Path, seed: int = 0, size=(96, 128)) -> Path:
+        rng = np.random.default_rng(seed)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        return path
+
+    return write
