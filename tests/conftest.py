@@ -38,10 +38,10 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_index(demo, tmp_path_factory):
-    """The demo gallery indexed with both methods (shared: tests must not modify it)."""
+    """The demo gallery indexed for every method (shared: tests must not modify it)."""
     from spotit import Index
 
-    index = Index.create(tmp_path_factory.mktemp("demo-index") / "index", demo["gallery"], ["cnn", "sift"])
+    index = Index.create(tmp_path_factory.mktemp("demo-index") / "index", demo["gallery"], ["cnn", "hybrid", "sift"])
     index.update(progress=False)
     return index
 

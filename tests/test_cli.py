@@ -14,7 +14,7 @@ from spotit.ranking import read_ranklist
 def built(demo, tmp_path, capsys):
     """A CLI-built index of the demo gallery."""
     index = tmp_path / "idx"
-    assert main(["index", str(demo["gallery"]), "--index", str(index), "--quiet"]) == 0
+    assert main(["index", str(demo["gallery"]), "--index", str(index), "--method", "all", "--quiet"]) == 0
     capsys.readouterr()
     return index
 
@@ -65,7 +65,7 @@ def test_batch_mode_writes_full_rank_list_in_assignment_format(demo, built, tmp_
     code = main(["search", "--queries", str(queries), "--boxes", str(boxes), "--index", str(built), "--ranklist", str(ranklist)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "Q1 (cnn):" in out and "Q2 (cnn):" in out
+    assert "Q1 (hybrid):" in out and "Q2 (hybrid):" in out
     lines = ranklist.read_text().splitlines()
     assert lines[0].startswith("Q1: ") and lines[1].startswith("Q2: ")
     ranking = read_ranklist(ranklist)

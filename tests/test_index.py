@@ -9,11 +9,11 @@ from spotit.store import MANIFEST, Store
 
 
 def test_index_holds_every_gallery_image_with_both_feature_kinds(demo, demo_index):
-    names, matrix = demo_index.store.load_global()
+    names, matrix = demo_index.store.load_dense("global")
     assert names == sorted(p.name for p in demo["gallery"].iterdir())
     assert matrix.shape == (len(names), 1280)
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
-    local = demo_index.store.load_local()
+    local = demo_index.store.load_local("sift")
     assert set(local) == set(names) and all(len(f) > 20 for f in local.values())
 
 
@@ -33,7 +33,7 @@ def test_reindexing_processes_only_new_and_changed_images_and_drops_deleted(gall
     index = Index.open_or_create(tmp_path / "idx", gallery_copy, ["cnn"])
     report = index.update(progress=False)
     assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, 18)
-    names, _ = index.store.load_global()
+    names, _ = index.store.load_dense("global")
     assert "new.png" in names and "cat-1.jpg" not in names and len(names) == 20
     # the changed file's features are the new content's: it is now most similar to itself only
     hits = index.search(gallery_copy / "cup-1.jpg", top=1)
@@ -54,20 +54,18 @@ def test_bad_files_are_skipped_listed_and_the_rest_indexed(gallery_copy, tmp_pat
 
 def test_interrupted_update_keeps_finished_shards_and_resumes(gallery_copy, tmp_path, monkeypatch):
     index = Index.create(tmp_path / "idx", gallery_copy, ["cnn"])
-    extractor = index.global_extractor()
+    real_extract = index._extract
     calls = {"n": 0}
-    real_call = type(extractor).__call__
 
-    def dying(self, images):
+    def dying(image):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 9:
             raise KeyboardInterrupt
-        return real_call(self, images)
+        return real_extract(image)
 
-    monkeypatch.setattr(type(extractor), "__call__", dying)
+    monkeypatch.setattr(index, "_extract", dying)
     with pytest.raises(KeyboardInterrupt):
-        index.update(progress=False, batch_size=4, shard_size=4)
-    monkeypatch.undo()
+        index.update(progress=False, shard_size=4, workers=1)
     saved = Store.open(tmp_path / "idx").manifest["images"]
     assert len(saved) == 8  # two finished shards of four survive the interruption
     resumed = Index.open_or_create(tmp_path / "idx", gallery_copy, ["cnn"]).update(progress=False)
@@ -87,6 +85,16 @@ def test_index_from_another_version_is_refused(demo, tmp_path):
     manifest.update(format=99, spotit_version="9.9")
     path.write_text(json.dumps(manifest))
     with pytest.raises(SpotitError, match="spotit 9.9.*rebuild"):
+        Index.open(tmp_path / "idx")
+
+
+def test_index_with_other_feature_settings_is_refused(demo, tmp_path):
+    Index.create(tmp_path / "idx", demo["gallery"], ["cnn"])
+    path = tmp_path / "idx" / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["feature_settings"]["global"]["crop"] = 123
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SpotitError, match="other feature settings.*--rebuild"):
         Index.open(tmp_path / "idx")
 
 
@@ -111,4 +119,4 @@ def test_adding_a_method_extracts_it_for_existing_images(gallery_copy, tmp_path)
     index = Index.open_or_create(tmp_path / "idx", gallery_copy, ["sift"])
     report = index.update(progress=False)
     assert index.methods == ["cnn", "sift"] and report.updated == 20
-    assert len(index.store.load_local()) == 20 and len(index.store.load_global()[0]) == 20
+    assert len(index.store.load_local("sift")) == 20 and len(index.store.load_dense("global")[0]) == 20

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from spotit.pooling import average, gem, l2_normalise, max_
-from spotit.ranking import merge_max, rank, ranklist_line, read_ranklist, write_ranklist
+from spotit.ranking import rank, ranklist_line, read_ranklist, write_ranklist
 
 
 def test_poolings_on_a_hand_worked_map():
@@ -20,12 +20,6 @@ def test_l2_normalise_gives_unit_rows_and_survives_zero():
 
 def test_rank_orders_best_first_and_keeps_ties_in_gallery_order():
     assert rank(np.array([0.2, 0.9, 0.2, 0.5])).tolist() == [1, 3, 0, 2]
-
-
-def test_merge_max_takes_each_images_best_box():
-    order, merged = merge_max([np.array([0.1, 0.8, 0.3]), np.array([0.9, 0.2, 0.3])])
-    assert merged.tolist() == pytest.approx([0.9, 0.8, 0.3])
-    assert order.tolist() == [0, 1, 2]
 
 
 def test_ranklist_format_and_round_trip(tmp_path):

@@ -5,7 +5,7 @@ from spotit import SpotitError
 from spotit.images import load_image
 
 
-@pytest.mark.parametrize("method", ["cnn", "sift"])
+@pytest.mark.parametrize("method", ["cnn", "sift", "hybrid"])
 def test_both_methods_find_the_pasted_copies_of_the_boxed_object(demo, demo_index, method):
     hits = demo_index.search(demo["query"], [demo["box"]], method=method, top=3)
     assert {h.id for h in hits} == set(demo["relevant"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__, backbones
 from .errors import SpotitError
 from .images import IMAGE_EXTENSIONS, as_image, parse_box, read_box_file
-from .index import SEARCH_METHODS, Index, default_index_dir, parse_methods
+from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods
 from .ranking import ranklist_line, write_ranklist
 
 
@@ -29,7 +29,7 @@ def cmd_index(args) -> int:
     index = Index.open_or_create(args.index, args.gallery, parse_methods(args.method), args.backbone,
                                  args.weights, rebuild=args.rebuild)
     try:
-        report = index.update(progress=not args.quiet, batch_size=args.batch_size)
+        report = index.update(progress=not args.quiet)
     except KeyboardInterrupt:
         eprint(f"interrupted: {len(index)} images are saved in {index.store.root}; run the same command to resume")
         return 130
@@ -68,6 +68,7 @@ def cmd_search(args) -> int:
     boxes = [parse_box(text) for text in args.box or []]
     index = Index.open(args.index, args.weights)
     image = as_image(args.query)
+    args.method = args.method or index.default_method
     results = index.search(image, boxes, method=args.method, top=args.top, progress=not args.quiet)
     if args.grid:
         from .grid import save_grid
@@ -86,6 +87,7 @@ def cmd_search(args) -> int:
 def search_batch(args) -> int:
     """The assignment's layout: QUERY_DIR/NAME.jpg with BOX_DIR/NAME.txt; ranks the whole gallery."""
     index = Index.open(args.index, args.weights)
+    args.method = args.method or index.default_method
     queries = find_queries(args.queries)
     lines, failed, report = [], [], []
     for path in queries:
@@ -135,7 +137,7 @@ def cmd_demo(args) -> int:
 
     made = make_demo(args.out, seed=args.seed)
     print(f"demo gallery: {made['gallery']} ({sum(1 for _ in made['gallery'].iterdir())} photos)")
-    index = Index.open_or_create(args.out / "index", made["gallery"], parse_methods("all"), rebuild=True)
+    index = Index.open_or_create(args.out / "index", made["gallery"], [args.method], rebuild=True)
     report = index.update(progress=not args.quiet)
     print(f"indexed {report.processed} images, {report.images_per_s:.1f} images/s")
     image = as_image(made["query"])
@@ -149,6 +151,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ---- spotit eval / bench ---------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, format_result
+
+    result = evaluate(args.dataset, args.method, args.index, args.backbone, args.max_queries, progress=not args.quiet)
+    print(format_result(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_make_clutter(args) -> int:
+    from .clutter import ClutterConfig, make_clutter
+
+    config = ClutterConfig(objects=args.objects, distractor_scenes=args.distractor_scenes,
+                           distractor_objects=args.distractor_objects, seed=args.seed)
+    made = make_clutter(args.objects_set, args.scenes, args.out, config, progress=not args.quiet)
+    print(f"wrote {made['queries']} boxed queries and {made['gallery']} gallery images to {made['out']}")
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spotit", description="Find the gallery photos that show the same object as a query.")
@@ -158,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="extract and store the features of every image in a gallery folder")
     p.add_argument("gallery", type=Path, help="folder of photos (searched recursively)")
     add_index_arg(p)
-    p.add_argument("--method", default="all", choices=["cnn", "sift", "all"], help="features to extract (default: all)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=[*METHODS, "all"],
+                   help=f"search methods the index serves (default: {DEFAULT_METHOD}); all: every method")
     p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
     p.add_argument("--weights", type=Path, help="weights file for the backbone (resnet18: torchvision's resnet18-f37072fd.pth)")
     p.add_argument("--rebuild", action="store_true", help="delete the index and build it anew")
-    p.add_argument("--batch-size", type=int, default=16, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
@@ -171,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", action="append", metavar="X,Y,W,H",
                    help="crop the query to this box (pixels, top-left origin); repeat for several instances")
     add_index_arg(p)
-    p.add_argument("--method", default="cnn", choices=list(SEARCH_METHODS), help="ranking method (default: cnn)")
+    p.add_argument("--method", choices=list(METHODS),
+                   help=f"ranking method (default: {DEFAULT_METHOD} if the index serves it)")
     p.add_argument("--top", type=int, default=10, help="results to show (default: 10)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--grid", type=Path, help="write a PNG of the query and its 10 best results (a folder in batch mode)")
@@ -184,10 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build a demo gallery from real photos, index it and search it")
     p.add_argument("--out", type=Path, default=Path("spotit-demo"), help="folder for the demo (default: ./spotit-demo)")
-    p.add_argument("--method", default="cnn", choices=list(SEARCH_METHODS), help="ranking method (default: cnn)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the demo gallery")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("eval", help="measure quality and speed on a benchmark set")
+    p.add_argument("dataset", type=Path, help="benchmark folder (images/+groundtruth.json, assignment layout, or revisited Oxford/Paris)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
+    p.add_argument("--index", type=Path, default=None, help="index folder (default: one per dataset in the cache folder)")
+    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate at most N queries, evenly spread (slow methods)")
+    p.add_argument("--json", action="store_true", help="end with one line of JSON holding every figure")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmark tools")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("make-clutter", help="paste object views into scene photos: a boxed-query benchmark")
+    p.add_argument("objects_set", metavar="OBJECTS", type=Path, help="set with images/ + groundtruth.json grouping views of objects")
+    p.add_argument("scenes", metavar="SCENES", type=Path, help="folder (or set) of scene photos")
+    p.add_argument("out", metavar="OUT", type=Path, help="new folder for the benchmark")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objects", type=int, default=60, help="objects with a boxed query (default: 60)")
+    p.add_argument("--distractor-scenes", type=int, default=300, help="gallery scenes without an object (default: 300)")
+    p.add_argument("--distractor-objects", type=int, default=60, help="other objects pasted as distractors (default: 60)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_make_clutter)
     return parser
 
 

@@ -3,29 +3,47 @@
     index = Index.open_or_create("~/.local/share/spotit/index", gallery="photos/")
     index.update()                                   # extracts only new or changed images
     for hit in index.search("query.jpg", boxes=[(40, 60, 200, 150)], top=10):
-        print(hit.id, hit.score, hit.path)
+        print(hit.id, hit.score, hit.path, hit.box)
 """
 
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import backbones, global_features, local_features
+from . import backbones, global_features, local_features, rerank
 from .errors import SpotitError
-from .images import Box, ImageError, as_image, crop, image_id, list_images, load_image
-from .local_features import LocalFeatures, SiftExtractor
+from .images import Box, ImageError, as_image, check_box, image_id, list_images, load_image
+from .local_features import SiftExtractor
 from .matching import ratio_matches
-from .ranking import merge_max
+from .ranking import rank
 from .store import Store
 
-METHODS = ("cnn", "sift")
-SEARCH_METHODS = ("cnn", "sift")
+# search method -> the feature kinds it reads from the index
+METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "hybrid": ["regions", "verify"]}
+METHODS = tuple(METHOD_KINDS)
+DEFAULT_METHOD = "hybrid"
+DENSE_KINDS = ("global", "regions")
+
+
+def feature_settings(backbone: str, confs: dict) -> dict:
+    """Everything that decides the stored features; an index whose settings differ must be rebuilt."""
+    return {
+        "backbone": backbones.confs[backbone],
+        "global": global_features.confs[confs["global"]],
+        "regions": global_features.regional_confs[confs["regions"]],
+        "sift": local_features.confs[confs["sift"]],
+        "verify": local_features.confs[confs["verify"]],
+    }
+
+
+DEFAULT_CONFS = {"global": "seed", "regions": "gem-regions", "sift": "seed", "verify": "verify"}
 
 
 def default_index_dir() -> Path:
@@ -37,11 +55,11 @@ def default_index_dir() -> Path:
 
 
 def parse_methods(method: str) -> list[str]:
-    """'cnn', 'sift' or 'all' -> the feature kinds to extract."""
+    """'cnn', 'sift', 'hybrid' or 'all' -> the search methods an index must serve."""
     if method == "all":
         return list(METHODS)
     if method not in METHODS:
-        raise SpotitError(f"unknown method {method!r}; choose cnn, sift or all")
+        raise SpotitError(f"unknown method {method!r}; choose {', '.join(METHODS)} or all")
     return [method]
 
 
@@ -50,9 +68,26 @@ class Result:
     id: str  # gallery file name relative to the gallery, without extension
     path: str  # absolute path of the gallery image
     score: float
+    inliers: int | None = None  # hybrid: geometrically consistent matches with the query
+    quad: np.ndarray | None = None  # hybrid, verified: the query box's corners in this image (4, 2)
+
+    @property
+    def box(self) -> Box | None:
+        """Bounding box (x, y, w, h) of where the object lies in this gallery image, when verified."""
+        if self.quad is None:
+            return None
+        x0, y0 = np.floor(self.quad.min(axis=0)).astype(int)
+        x1, y1 = np.ceil(self.quad.max(axis=0)).astype(int)
+        return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "score": round(float(self.score), 6)}
+        out = {"id": self.id, "path": self.path, "score": round(float(self.score), 6)}
+        if self.inliers is not None:
+            out["inliers"] = self.inliers
+        if self.quad is not None:
+            out["box"] = list(self.box)
+            out["quad"] = np.round(self.quad, 1).tolist()
+        return out
 
 
 @dataclass
@@ -75,10 +110,20 @@ class UpdateReport:
 
 class Index:
     def __init__(self, store: Store, weights: str | os.PathLike | None = None):
+        manifest = store.manifest
+        try:
+            current = feature_settings(manifest["backbone"], manifest["confs"])
+        except KeyError:
+            current = None
+        if current is None or manifest.get("feature_settings") != current:
+            raise SpotitError(
+                f"index {store.root} was built by spotit {manifest.get('spotit_version', '?')} with other feature "
+                f"settings; rebuild it with `spotit index GALLERY --index {store.root} --rebuild`"
+            )
         self.store = store
         self._weights = weights
-        self._global_extractor = None
-        self._sift = None
+        self._backbone = None
+        self._extractors: dict = {}
         self._cache: dict = {}
 
     # ---- opening -------------------------------------------------------------------------------
@@ -87,7 +132,7 @@ class Index:
         return cls(Store.open(path or default_index_dir()), weights)
 
     @classmethod
-    def create(cls, path, gallery, methods=METHODS, backbone=backbones.DEFAULT_BACKBONE, weights=None) -> "Index":
+    def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None) -> "Index":
         backbones.check_backbone(backbone)
         gallery = Path(gallery).resolve()
         if not gallery.is_dir():
@@ -101,13 +146,13 @@ class Index:
             "backbone": backbone,
             "weights": str(Path(weights).resolve()) if weights else None,
             "weights_sha256": None,
-            "global_conf": "seed",
-            "local_conf": "seed",
+            "confs": dict(DEFAULT_CONFS),
+            "feature_settings": feature_settings(backbone, DEFAULT_CONFS),
         }
         return cls(Store.create(path, settings), weights)
 
     @classmethod
-    def open_or_create(cls, path=None, gallery=None, methods=METHODS, backbone=backbones.DEFAULT_BACKBONE,
+    def open_or_create(cls, path=None, gallery=None, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE,
                        weights=None, rebuild=False) -> "Index":
         """Open the index at `path` for `gallery`, creating it if needed; refuse a mismatching one."""
         path = Path(path or default_index_dir())
@@ -131,7 +176,7 @@ class Index:
             )
         new_methods = sorted(set(manifest["methods"]) | set(methods))
         if new_methods != manifest["methods"]:
-            # every image must hold every method's features, so adding a method re-extracts all
+            # every image must hold every kind of feature, so adding a method re-extracts all
             manifest["methods"] = new_methods
             for entry in manifest["images"].values():
                 entry["stale"] = True
@@ -150,12 +195,21 @@ class Index:
     def methods(self) -> list[str]:
         return self.manifest["methods"]
 
+    @property
+    def default_method(self) -> str:
+        """The search method used when none is named: hybrid if the index serves it."""
+        return DEFAULT_METHOD if DEFAULT_METHOD in self.methods else self.methods[0]
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted({kind for method in self.methods for kind in METHOD_KINDS[method]})
+
     def __len__(self) -> int:
         return len(self.manifest["images"])
 
     # ---- extractors ----------------------------------------------------------------------------
-    def global_extractor(self) -> global_features.GlobalExtractor:
-        if self._global_extractor is None:
+    def backbone(self) -> backbones.Backbone:
+        if self._backbone is None:
             weights = self._weights or self.manifest.get("weights")
             backbone = backbones.Backbone.load(self.manifest["backbone"], weights)
             expected = self.manifest.get("weights_sha256")
@@ -166,13 +220,28 @@ class Index:
                 )
             if not expected:
                 self.manifest["weights_sha256"] = backbone.weights_sha256
-            self._global_extractor = global_features.GlobalExtractor(backbone, self.manifest["global_conf"])
-        return self._global_extractor
+            self._backbone = backbone
+        return self._backbone
 
-    def sift_extractor(self) -> SiftExtractor:
-        if self._sift is None:
-            self._sift = SiftExtractor(self.manifest["local_conf"])
-        return self._sift
+    def extractor(self, kind: str):
+        """The callable that turns an RGB image into features of `kind`."""
+        if kind not in self._extractors:
+            conf = self.manifest["confs"][kind]
+            if kind == "global":
+                extract = global_features.GlobalExtractor(self.backbone(), conf)
+                self._extractors[kind] = lambda image: extract([image])[0]
+            elif kind == "regions":
+                self._extractors[kind] = global_features.RegionalExtractor(self.backbone(), conf)
+            else:
+                self._extractors[kind] = SiftExtractor(conf)
+        return self._extractors[kind]
+
+    def _extract(self, image: np.ndarray) -> dict:
+        out = {}
+        for kind in self.kinds:
+            extractor = self.extractor(kind)
+            out[kind] = extractor.gallery(image) if kind == "regions" else extractor(image)
+        return out
 
     # ---- updating ------------------------------------------------------------------------------
     def plan(self) -> tuple[list[str], list[str], list[str]]:
@@ -191,10 +260,21 @@ class Index:
         gone = sorted(set(images) - present)
         return new, changed, gone
 
-    def update(self, progress: bool = True, batch_size: int = 16, shard_size: int = 256) -> UpdateReport:
+    def _load_and_extract(self, name: str):
+        path = self.gallery / name
+        try:
+            stat = path.stat()
+            image = load_image(path)
+        except (ImageError, OSError) as exc:
+            return name, None, str(exc).removeprefix(f"{path}: ")
+        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
+        return name, stamp, self._extract(image)
+
+    def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None) -> UpdateReport:
         """Extract features of new and changed gallery images, drop vanished ones.
 
         Finished work is committed every `shard_size` images, so an interrupted update resumes there.
+        Images are decoded and described on `workers` threads (OpenCV and onnxruntime release the GIL).
         """
         report = UpdateReport()
         self.store.remove_orphans()
@@ -207,62 +287,47 @@ class Index:
         if gone:
             self.store.commit()
         todo = new + changed
-        use_cnn, use_sift = "cnn" in self.methods, "sift" in self.methods
-        if todo and use_cnn:
-            self.global_extractor()  # loads (or exports) the model before the clock starts
+        for kind in self.kinds if todo else []:
+            self.extractor(kind)  # loads (or exports) the model before the clock starts
         started = time.perf_counter()
-        pending: list[tuple[str, np.ndarray, dict]] = []
-        done: list[tuple[str, dict]] = []
-        vectors: list[np.ndarray] = []
-        local: list[LocalFeatures] = []
-
-        def run_batch():
-            if use_cnn and pending:
-                vectors.append(self.global_extractor()([image for _, image, _ in pending]))
-            for name, image, stamp in pending:
-                if use_sift:
-                    local.append(self.sift_extractor()(image))
-                done.append((name, stamp))
-            pending.clear()
+        done: list[tuple[str, dict, dict]] = []
 
         def flush():
-            run_batch()
             if not done:
                 return
-            names = [name for name, _ in done]
-            shard = self.store.write_shard(
-                names, np.concatenate(vectors) if use_cnn else None, list(local) if use_sift else None
-            )
-            for row, (name, stamp) in enumerate(done):
+            features = {}
+            for kind in self.kinds:
+                column = [feats[kind] for _, _, feats in done]
+                features[kind] = np.stack(column) if kind in DENSE_KINDS else column
+            shard = self.store.write_shard([name for name, _, _ in done], features)
+            for row, (name, stamp, _) in enumerate(done):
                 if name in images:
                     report.updated += 1
                 else:
                     report.added += 1
                 images[name] = {"shard": shard, "row": row, **stamp}
             self.store.commit()
-            done.clear(), vectors.clear(), local.clear()
+            done.clear()
 
-        bar = tqdm(todo, desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
-        for name in bar:
-            path = self.gallery / name
-            try:
-                stat = path.stat()
-                image = load_image(path)
-            except (ImageError, OSError) as exc:
-                report.skipped.append((name, str(exc).removeprefix(f"{path}: ")))
-                continue
-            stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
-            pending.append((name, image, stamp))
-            if len(pending) >= batch_size:
-                run_batch()
-            if len(done) >= shard_size:
+        workers = workers or min(2, os.cpu_count() or 1)
+        bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
+        with ThreadPoolExecutor(workers) as pool:
+            for start in range(0, len(todo), shard_size):
+                for name, stamp, result in pool.map(self._load_and_extract, todo[start : start + shard_size]):
+                    bar.update()
+                    if stamp is None:
+                        report.skipped.append((name, result))
+                    else:
+                        done.append((name, stamp, result))
                 flush()
-        flush()
+        bar.close()
+        report.seconds = time.perf_counter() - started
         self.manifest["skipped"] = dict(report.skipped)
+        if report.processed:
+            self.manifest["images_per_s"] = report.images_per_s
         self.store.commit()
         self._compact_if_sparse()
         self._cache.clear()
-        report.seconds = time.perf_counter() - started
         return report
 
     def _compact_if_sparse(self) -> None:
@@ -271,28 +336,30 @@ class Index:
         live = len(self.manifest["images"])
         if not totals or sum(totals.values()) <= 2 * live:
             return
-        names, vectors = self.store.load_global() if "cnn" in self.methods else (sorted(self.manifest["images"]), None)
-        local = self.store.load_local() if "sift" in self.methods else None
-        shard = self.store.write_shard(names, vectors, [local[n] for n in names] if local is not None else None)
+        names = sorted(self.manifest["images"])
+        features = {}
+        for kind in self.kinds:
+            if kind in DENSE_KINDS:
+                features[kind] = self.store.load_dense(kind)[1]
+            else:
+                local = self.store.load_local(kind)
+                features[kind] = [local[n] for n in names]
+        shard = self.store.write_shard(names, features)
         for row, name in enumerate(names):
             self.manifest["images"][name].update(shard=shard, row=row)
         self.store.commit()
         self.store.remove_orphans()
 
     # ---- searching -----------------------------------------------------------------------------
-    def _gallery_global(self) -> tuple[list[str], np.ndarray]:
-        if "global" not in self._cache:
-            self._cache["global"] = self.store.load_global()
-        return self._cache["global"]
-
-    def _gallery_local(self) -> dict[str, LocalFeatures]:
-        if "local" not in self._cache:
-            self._cache["local"] = self.store.load_local()
-        return self._cache["local"]
+    def _dense(self, kind: str) -> tuple[list[str], np.ndarray]:
+        if kind not in self._cache:
+            names, matrix = self.store.load_dense(kind)
+            self._cache[kind] = (names, matrix.astype(np.float32))
+        return self._cache[kind]
 
     def _require(self, method: str) -> None:
-        if method not in SEARCH_METHODS:
-            raise SpotitError(f"unknown search method {method!r}; choose one of: {', '.join(SEARCH_METHODS)}")
+        if method not in METHODS:
+            raise SpotitError(f"unknown search method {method!r}; choose one of: {', '.join(METHODS)}")
         if method not in self.methods:
             raise SpotitError(
                 f"index {self.store.root} was built with method {', '.join(self.methods)}, not {method}; "
@@ -301,33 +368,71 @@ class Index:
         if not self.manifest["images"]:
             raise SpotitError(f"index {self.store.root} holds no images; run `spotit index GALLERY` first")
 
-    def scores(self, query: np.ndarray, method: str = "cnn", progress: bool = False) -> tuple[list[str], np.ndarray]:
-        """Similarity of one query image (already cropped) to every gallery image: (names, scores)."""
-        self._require(method)
-        if method == "cnn":
-            names, matrix = self._gallery_global()
-            return names, matrix @ self.global_extractor()([query])[0]
-        gallery = self._gallery_local()
-        names = sorted(gallery)
-        features = self.sift_extractor()(query)
-        counts = np.array(
-            [len(ratio_matches(features.descriptors, gallery[n].descriptors)) for n in tqdm(names, desc="matching", disable=not progress)],
-            np.float32,
-        )
-        return names, counts
+    def cnn_scores(self, query: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Seed CNN: cosine similarity of global descriptors."""
+        names, matrix = self._dense("global")
+        return names, matrix @ self.extractor("global")(query)
 
-    def search(self, query, boxes: list[Box] | None = None, method: str = "cnn", top: int | None = 10,
+    def regional_scores(self, query: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Best cosine similarity between any rotation of the query and any region of each gallery image."""
+        names, regions = self._dense("regions")
+        sims = regions.reshape(-1, regions.shape[-1]) @ self.extractor("regions").query(query).T
+        return names, sims.reshape(len(names), -1).max(axis=1)
+
+    def sift_scores(self, query: np.ndarray, progress: bool = False) -> tuple[list[str], np.ndarray]:
+        """Seed SIFT: ratio-test match counts against every gallery image."""
+        if "sift" not in self._cache:
+            self._cache["sift"] = self.store.load_local("sift")
+        gallery = self._cache["sift"]
+        names = sorted(gallery)
+        features = self.extractor("sift")(query)
+        counts = [len(ratio_matches(features.descriptors, gallery[n].descriptors))
+                  for n in tqdm(names, desc="matching", disable=not progress)]
+        return names, np.array(counts, np.float32)
+
+    def _search_crop(self, crop: np.ndarray, method: str, progress: bool):
+        """(names, scores, verifications or None) for one query crop."""
+        if method == "cnn":
+            return (*self.cnn_scores(crop), None)
+        if method == "sift":
+            return (*self.sift_scores(crop, progress), None)
+        names, scores = self.regional_scores(crop)
+        if "verify_reader" not in self._cache:
+            self._cache["verify_reader"] = self.store.local_reader("verify")
+        sides = [max(self.manifest["images"][n]["width"], self.manifest["images"][n]["height"]) for n in names]
+        scores, checks = rerank.verify_shortlist(
+            self.extractor("verify")(crop), names, scores, self._cache["verify_reader"], sides, rerank.confs["default"]
+        )
+        return names, scores, checks
+
+    def search(self, query, boxes: list[Box] | None = None, method: str | None = None, top: int | None = 10,
                progress: bool = False) -> list[Result]:
         """Rank the gallery for a query path or RGB array, cropped to each box; several boxes merge by best score.
 
-        top=None ranks the whole gallery.
+        top=None ranks the whole gallery; method=None is the index's default method. With `hybrid`,
+        verified results carry `inliers` and `quad`/`box`: where the query box lands in that gallery image.
         """
+        method = method or self.default_method
         self._require(method)
         image = as_image(query)
-        crops = [crop(image, box) for box in boxes] if boxes else [image]
-        per_crop = [self.scores(c, method, progress) for c in crops]
+        boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes or []]
+        crops = [image[y : y + h, x : x + w] for x, y, w, h in boxes] or [image]
+        per_crop = [self._search_crop(crop, method, progress) for crop in crops]
         names = per_crop[0][0]
-        order, merged = merge_max([s for _, s in per_crop])
+        stacked = np.stack([scores for _, scores, _ in per_crop])
+        best_crop = stacked.argmax(axis=0)
+        merged = stacked.max(axis=0)
+        order = rank(merged)
         if top is not None:
             order = order[:top]
-        return [Result(image_id(names[i]), str(self.gallery / names[i]), float(merged[i])) for i in order]
+        results = []
+        for i in order:
+            result = Result(image_id(names[i]), str(self.gallery / names[i]), float(merged[i]))
+            checks = per_crop[best_crop[i]][2]
+            if checks is not None:
+                check = checks.get(i)
+                result.inliers = check.inliers if check else 0
+                crop = crops[best_crop[i]]
+                result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
+            results.append(result)
+        return results

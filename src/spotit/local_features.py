@@ -12,8 +12,11 @@ from .images import resize_max_side
 # "seed" is the assignment's notebook: OpenCV's default SIFT, no keypoint cap.
 # Photos are first brought to at most 1024 px so that a 12-megapixel phone photo
 # costs what a benchmark photo costs; benchmark photos are smaller and untouched.
+# "verify" keeps the strongest 1000 keypoints of a photo at most 800 px: enough for a geometric fit,
+# and cheap enough to match a 100-image shortlist per query.
 confs = {
     "seed": {"max_side": 1024, "nfeatures": 0},
+    "verify": {"max_side": 800, "nfeatures": 1000},
 }
 
 

@@ -15,12 +15,6 @@ def rank(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
 
 
-def merge_max(score_lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge the scores of several boxes in one query by each image's best score: (order, merged scores)."""
-    merged = np.max(np.stack(score_lists), axis=0)
-    return rank(merged), merged
-
-
 def ranklist_line(query_name: str, ids: list[str]) -> str:
     """`Q<name>: <id>, <id>, ...` as in the assignment."""
     return f"Q{query_name}: " + ", ".join(ids)

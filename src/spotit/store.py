@@ -2,8 +2,9 @@
 
 Layout of an index folder:
     manifest.json      settings, and for every indexed image its file stamp and where its features are
-    shards/NNNNNN.h5   features of a batch of images: `names`, `global` (n, d), and the ragged
-                       local features `kp_offsets` (n+1), `keypoints` (total, 4), `descriptors` (total, 128)
+    shards/NNNNNN.h5   features of a batch of images: `names`, one dataset per dense feature kind
+                       (one row per name), and one group per local feature kind holding the ragged
+                       `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
 
 A shard is written under a temporary name and renamed; the manifest that points to it is replaced the
 same way afterwards. An interrupted run therefore leaves the previous manifest and finished shards intact.
@@ -95,8 +96,12 @@ class Store:
             if path.name not in used:
                 path.unlink()
 
-    def write_shard(self, names: list[str], global_vectors: np.ndarray | None, local: list[LocalFeatures] | None) -> str:
-        """Write the features of `names` to a new shard; returns its file name. The manifest is not changed."""
+    def write_shard(self, names: list[str], features: dict[str, np.ndarray | list[LocalFeatures]]) -> str:
+        """Write the features of `names` to a new shard; returns its file name. The manifest is not changed.
+
+        `features` maps a feature kind to a dense array with one row per name, or to a list of
+        LocalFeatures, stored ragged as `KIND/offsets`, `KIND/keypoints`, `KIND/descriptors`.
+        """
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         name = f"{self.manifest['next_shard']:06d}.h5"
         self.manifest["next_shard"] += 1
@@ -105,13 +110,15 @@ class Store:
         try:
             with h5py.File(tmp, "w") as out:
                 out.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-                if global_vectors is not None:
-                    out.create_dataset("global", data=global_vectors.astype(np.float32))
-                if local is not None:
-                    counts = [len(f) for f in local]
-                    out.create_dataset("kp_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-                    out.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in local] + [np.zeros((0, 4), np.float32)]))
-                    out.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in local] + [np.zeros((0, 128), np.uint8)]))
+                for kind, data in features.items():
+                    if isinstance(data, np.ndarray):
+                        out.create_dataset(kind, data=data)
+                        continue
+                    group = out.create_group(kind)
+                    counts = [len(f) for f in data]
+                    group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+                    group.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in data] + [np.zeros((0, 4), np.float32)]))
+                    group.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in data] + [np.zeros((0, 128), np.uint8)]))
             os.replace(tmp, self.shard_dir / name)
         finally:
             if os.path.exists(tmp):
@@ -133,36 +140,39 @@ class Store:
         except OSError as exc:
             raise SpotitError(f"index shard {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
 
-    def load_global(self) -> tuple[list[str], np.ndarray]:
-        """Names of all indexed images (sorted) and their global descriptors, row for row."""
+    def _missing(self, kind: str) -> SpotitError:
+        return SpotitError(f"index at {self.root} holds no {kind} features; run `spotit index` with a method that needs them")
+
+    def load_dense(self, kind: str) -> tuple[list[str], np.ndarray]:
+        """Names of all indexed images (sorted) and their dense features of `kind`, row for row."""
         names, blocks = [], []
         for shard, members in sorted(self._shards().items()):
             with self._read(shard) as data:
-                if "global" not in data:
-                    raise SpotitError(f"index at {self.root} holds no CNN features; rebuild with --method cnn or all")
-                matrix = data["global"][()]
-            rows = [row for _, row in members]
+                if kind not in data:
+                    raise self._missing(kind)
+                matrix = data[kind][()]
             names.extend(image for image, _ in members)
-            blocks.append(matrix[rows])
+            blocks.append(matrix[[row for _, row in members]])
         if not names:
             return [], np.zeros((0, 1), np.float32)
         order = np.argsort(names, kind="stable")
         return [names[i] for i in order], np.concatenate(blocks)[order]
 
-    def load_local(self) -> dict[str, LocalFeatures]:
-        """Local features of every indexed image."""
+    def load_local(self, kind: str) -> dict[str, LocalFeatures]:
+        """Local features of `kind` of every indexed image."""
         features: dict[str, LocalFeatures] = {}
         for shard, members in sorted(self._shards().items()):
             with self._read(shard) as data:
-                if "descriptors" not in data:
-                    raise SpotitError(f"index at {self.root} holds no SIFT features; rebuild with --method sift or all")
-                offsets = data["kp_offsets"][()]
-                keypoints = data["keypoints"][()]
-                descriptors = data["descriptors"][()]
+                if kind not in data:
+                    raise self._missing(kind)
+                offsets, keypoints, descriptors = (data[kind][k][()] for k in ("offsets", "keypoints", "descriptors"))
             for image, row in members:
                 a, b = offsets[row], offsets[row + 1]
                 features[image] = LocalFeatures(keypoints[a:b], descriptors[a:b])
         return features
+
+    def local_reader(self, kind: str) -> "LocalReader":
+        return LocalReader(self, kind)
 
     def shard_rows(self) -> dict[str, int]:
         """Total rows per shard file, live or not (for compaction)."""
@@ -174,3 +184,27 @@ class Store:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+class LocalReader:
+    """Reads the local features of single images on demand (re-ranking needs only a shortlist)."""
+
+    def __init__(self, store: "Store", kind: str):
+        self.store, self.kind = store, kind
+        self._files: dict[str, h5py.File] = {}
+
+    def __call__(self, image: str) -> LocalFeatures:
+        entry = self.store.manifest["images"][image]
+        data = self._files.get(entry["shard"])
+        if data is None:
+            data = self._files[entry["shard"]] = self.store._read(entry["shard"])
+        if self.kind not in data:
+            raise self.store._missing(self.kind)
+        group = data[self.kind]
+        a, b = group["offsets"][entry["row"] : entry["row"] + 2]
+        return LocalFeatures(group["keypoints"][a:b], group["descriptors"][a:b])
+
+    def close(self) -> None:
+        for data in self._files.values():
+            data.close()
+        self._files.clear()

@@ -18,14 +18,13 @@ import numpy as np
 
 from ..errors import SpotitError
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
+# mean and std are in 0-255 pixel units. The EfficientNet-Lite weights come from TensorFlow and expect
+# (x - 127) / 128; ImageNet statistics cost them 0.02 mAP on Holidays.
 confs = {
-    "efficientnet-lite0": {"channels": 1280, "stride": 32},
-    "resnet18": {"channels": 512, "stride": 32, "url": RESNET18_URL},
+    "efficientnet-lite0": {"channels": 1280, "mean": [127.0] * 3, "std": [128.0] * 3},
+    "resnet18": {"channels": 512, "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
 }
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
@@ -181,12 +180,16 @@ class Backbone:
     def channels(self) -> int:
         return confs[self.name]["channels"]
 
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), normalised as the weights were trained."""
+        conf = confs[self.name]
+        x = (images.astype(np.float32) - np.float32(conf["mean"])) / np.float32(conf["std"])
+        return x.transpose(0, 3, 1, 2)
+
     def feature_maps(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float32 (N, 3, H, W) -> (N, C, H/32, W/32); H and W must be multiples of 32."""
         return self._session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
-
-def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W) with ImageNet mean and std."""
-    x = images.astype(np.float32) / 255.0
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
-    return x.transpose(0, 3, 1, 2)
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> feature maps."""
+        return self.feature_maps(self.normalise(images))

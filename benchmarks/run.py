@@ -1,0 +1,138 @@
+"""Run every method on every available benchmark set and write benchmarks/RESULTS.md.
+
+    python benchmarks/run.py                      # all sets found, all methods
+    python benchmarks/run.py --sets holidays-dev --methods cnn
+
+Sets: the shared dev sets in ../shared/datasets (skipped when absent), and clutter-dev / clutter-5k, which
+this script makes with `spotit bench make-clutter` (ukbench-dev objects in holidays-dev scenes) under
+$SPOTIT_BENCH_DIR (default ~/spotit-bench), outside the repository. Each figure is kept in
+benchmarks/results.json, so a partial run updates only what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "datasets"
+BENCH_DIR = Path(os.environ.get("SPOTIT_BENCH_DIR", Path.home() / "spotit-bench"))
+RESULTS_JSON = HERE / "results.json"
+RESULTS_MD = HERE / "RESULTS.md"
+
+# seed methods first; exhaustive SIFT is evaluated on an evenly spread sample of queries
+METHODS = ["cnn", "sift"]
+SIFT_QUERIES = {"holidays-dev": 30, "ukbench-dev": 100, "clutter-dev": 20, "clutter-5k": 3}
+CLUTTER = {
+    "clutter-dev": ["--seed", "0"],
+    "clutter-5k": ["--seed", "1", "--distractor-scenes", "4820", "--distractor-objects", "65"],
+}
+
+
+def available_sets(wanted: list[str] | None) -> dict[str, Path]:
+    sets = {}
+    for name in ("holidays-dev", "ukbench-dev"):
+        if (SHARED / name).is_dir():
+            sets[name] = SHARED / name
+        else:
+            print(f"skipping {name}: {SHARED / name} is absent")
+    if (SHARED / "ukbench-dev").is_dir() and (SHARED / "holidays-dev").is_dir():
+        for name, extra in CLUTTER.items():
+            if wanted and name not in wanted:
+                continue
+            target = BENCH_DIR / name
+            if not (target / "groundtruth.json").is_file():
+                run(["bench", "make-clutter", str(SHARED / "ukbench-dev"), str(SHARED / "holidays-dev"), str(target), *extra])
+            sets[name] = target
+    return {k: v for k, v in sets.items() if not wanted or k in wanted}
+
+
+def run(args: list[str]) -> str:
+    command = [sys.executable, "-m", "spotit.cli", *args]
+    print("$ spotit " + " ".join(args), flush=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"spotit {' '.join(args)} failed with exit code {done.returncode}")
+    return done.stdout
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
+
+
+def write_markdown(results: dict) -> None:
+    order = list(dict.fromkeys(METHODS + sorted(r["method"] for r in results.values())))
+    rows = sorted(results.values(), key=lambda r: (order.index(r["method"]), r["dataset"]))
+
+    def fmt(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {machine()}.",
+        "Regenerate with `python benchmarks/run.py` (see its docstring). Sets: holidays-dev and ukbench-dev",
+        "from ../shared/datasets; clutter-dev and clutter-5k made by `spotit bench make-clutter` from them.",
+        "`queries` below the set's full count means an evenly spread sample (exhaustive SIFT is slow).",
+        "mAP follows the Holidays/Oxford protocol (query removed, trapezoidal AP); P@k as revisitop; N-S on UKBench.",
+        "",
+        "## Quality",
+        "",
+        "| method | set | queries | mAP | P@1 | P@5 | P@10 | N-S |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['dataset']} | {r['queries']} | {fmt(r['map'])} | {fmt(r['p@1'])} | "
+                     f"{fmt(r['p@5'])} | {fmt(r['p@10'])} | {fmt(r['ns'])} |")
+    lines += [
+        "",
+        "## Speed",
+        "",
+        "| method | set | gallery images | indexing images/s | query median s | query p95 s | index KiB/image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['dataset']} | {r['gallery_images']} | {fmt(r['index_images_per_s'], 1)} | "
+                     f"{fmt(r['query_s_median'])} | {fmt(r['query_s_p95'])} | {r['index_bytes_per_image'] / 1024:.1f} |")
+    notes = HERE / "NOTES.md"
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="*", help="only these sets")
+    parser.add_argument("--methods", nargs="*", default=METHODS, help="methods to run (default: the seed's)")
+    args = parser.parse_args()
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {}
+    for name, root in available_sets(args.sets).items():
+        for method in args.methods:
+            extra = []
+            if method == "sift" and name in SIFT_QUERIES:
+                extra = ["--max-queries", str(SIFT_QUERIES[name])]
+            out = run(["eval", str(root), "--method", method, "--json", "--quiet", *extra])
+            results[f"{method}/{name}"] = json.loads(out.strip().splitlines()[-1])
+            RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            write_markdown(results)
+    write_markdown(results)
+    print(f"wrote {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

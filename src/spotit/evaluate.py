@@ -1,0 +1,113 @@
+"""`spotit eval`: index a benchmark's gallery, run its queries and measure quality and speed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import backbones
+from .datasets import Dataset, load_dataset
+from .errors import SpotitError
+from .index import METHODS, Index
+from .metrics import mean_metrics, ns_score, query_metrics
+
+KAPPAS = (1, 5, 10)
+
+
+def default_eval_index(dataset: Dataset, backbone: str) -> Path:
+    """One index per dataset folder and backbone, kept in the cache (datasets may be read-only)."""
+    key = hashlib.sha256(str(dataset.root.resolve()).encode()).hexdigest()[:10]
+    return backbones.cache_dir() / "eval" / f"{dataset.name}-{key}-{backbone}"
+
+
+def sample_queries(queries: list, limit: int | None) -> list:
+    """At most `limit` queries, evenly spread over the set (deterministic)."""
+    if not limit or limit >= len(queries):
+        return queries
+    picks = np.linspace(0, len(queries) - 1, limit).round().astype(int)
+    return [queries[i] for i in sorted(set(picks))]
+
+
+def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backbones.DEFAULT_BACKBONE,
+             max_queries: int | None = None, progress: bool = True, index: Index | None = None) -> dict:
+    """Quality and speed of `method` on the benchmark at `root`; the dict of `spotit eval --json`."""
+    if method not in METHODS:
+        raise SpotitError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    dataset = load_dataset(root)
+    if not dataset.queries:
+        raise SpotitError(f"{root} has no queries")
+    if index is None:
+        index = Index.open_or_create(index_dir or default_eval_index(dataset, backbone), dataset.gallery,
+                                     [method], backbone)
+    report = index.update(progress=progress)
+    allowed = set(dataset.gallery_ids) if dataset.gallery_ids is not None else None
+
+    queries = sample_queries(dataset.queries, max_queries)
+    per_protocol: dict[str, list[dict]] = {p: [] for p in dataset.protocols}
+    ns, seconds = [], []
+    for query in tqdm(queries, desc=f"eval {method}", unit="query", disable=not progress, dynamic_ncols=True):
+        started = time.perf_counter()
+        hits = index.search(query.path, query.boxes, method=method, top=None)
+        seconds.append(time.perf_counter() - started)
+        ranking = [h.id for h in hits if allowed is None or h.id in allowed]
+        for protocol, (positives, junk) in query.protocols.items():
+            per_protocol[protocol].append(query_metrics(ranking, positives, junk, KAPPAS))
+        if dataset.groups_of_four:
+            positives, junk = query.protocols["default"]
+            ns.append(ns_score(ranking, positives, query=junk[0] if junk else None))
+
+    main_protocol = "medium" if "medium" in per_protocol else "default"
+    means = {p: mean_metrics(rows) for p, rows in per_protocol.items()}
+    result = {
+        "dataset": dataset.name,
+        "method": method,
+        "queries": len(queries),
+        "map": means[main_protocol]["ap"],
+        **{f"p@{k}": means[main_protocol][f"p@{k}"] for k in KAPPAS},
+        "ns": float(np.mean(ns)) if ns else None,
+        "index_images_per_s": index.manifest.get("images_per_s"),
+        "query_s_median": float(np.median(seconds)),
+        "query_s_p95": float(np.percentile(seconds, 95)),
+        "index_bytes_per_image": index.store.size_bytes() / max(len(index), 1),
+    }
+    if dataset.layout == "revisited":
+        for protocol in ("easy", "hard"):
+            result[f"map_{protocol}"] = means[protocol]["ap"]
+    result["gallery_images"] = len(index)
+    result["backbone"] = index.manifest["backbone"]
+    result["skipped_images"] = len(report.skipped)
+    return result
+
+
+def format_result(result: dict) -> str:
+    lines = [f"{result['dataset']} ({result['method']}, {result['queries']} queries, {result['gallery_images']} gallery images)"]
+    quality = [f"mAP {result['map']:.4f}"]
+    if "map_easy" in result:
+        quality = [f"mAP E {result['map_easy']:.4f}  M {result['map']:.4f}  H {result['map_hard']:.4f}"]
+    quality += [f"P@{k} {result[f'p@{k}']:.4f}" for k in KAPPAS]
+    if result["ns"] is not None:
+        quality.append(f"N-S {result['ns']:.3f}")
+    lines.append("  " + "  ".join(quality))
+    speed = [f"query {result['query_s_median'] * 1000:.0f} ms median, {result['query_s_p95'] * 1000:.0f} ms p95"]
+    if result["index_images_per_s"]:
+        speed.append(f"indexing {result['index_images_per_s']:.1f} images/s")
+    speed.append(f"{result['index_bytes_per_image'] / 1024:.1f} KiB per image")
+    lines.append("  " + "; ".join(speed))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """`python -m spotit.evaluate DATASET ...` is `spotit eval DATASET ...`."""
+    from .cli import main as cli_main
+
+    return cli_main(["eval", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
