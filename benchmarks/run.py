@@ -108,6 +108,19 @@ def write_markdown(results: dict) -> None:
     for r in rows:
         lines.append(f"| {r['method']} | {r['dataset']} | {r['gallery_images']} | {fmt(r['index_images_per_s'], 1)} | "
                      f"{fmt(r['query_s_median'])} | {fmt(r['query_s_p95'])} | {r['index_bytes_per_image'] / 1024:.1f} |")
+    ablation = HERE / "ablation.json"
+    if ablation.is_file():
+        lines += ["", "## Ablation of the hybrid method", "",
+                  "Each row adds one technique to the row above (`python benchmarks/ablation.py`); the time is",
+                  "the median per query, the size what the index holds per gallery image.", ""]
+        for set_name, steps in json.loads(ablation.read_text()).items():
+            lines += [f"### {set_name}", "", "| step | mAP | gain | query median s | index KiB/image |", "|---|---|---|---|---|"]
+            previous = None
+            for label, r in steps.items():
+                gain = "" if previous is None else f"{r['map'] - previous:+.3f}"
+                lines.append(f"| {label} | {r['map']:.3f} | {gain} | {r['query_s_median']:.3f} | {r['index_bytes_per_image'] / 1024:.0f} |")
+                previous = r["map"]
+            lines.append("")
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

@@ -27,3 +27,35 @@ def test_ranklist_format_and_round_trip(tmp_path):
     assert line == "Q7: 12, 3, 4981"
     write_ranklist(tmp_path / "r.txt", [line, ranklist_line("8", ["3", "12", "4981"])])
     assert read_ranklist(tmp_path / "r.txt") == {"7": ["12", "3", "4981"], "8": ["3", "12", "4981"]}
+
+
+def test_region_grid_covers_whole_image_then_overlapping_windows():
+    from spotit.global_features import region_grid
+
+    grid = region_grid(3)
+    assert len(grid) == 1 + 4 + 9 and grid[0] == (0.0, 1.0, 0.0, 1.0)
+    assert all(0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1 for y0, y1, x0, x1 in grid)
+    assert grid[1] == pytest.approx((0.0, 2 / 3, 0.0, 2 / 3))
+
+
+def test_pool_regions_takes_gem_of_each_window():
+    from spotit.global_features import pool_regions
+
+    fmap = np.zeros((1, 4, 4), np.float32)
+    fmap[0, :2, :2] = 2.0  # top-left quarter lit
+    pooled = pool_regions(fmap, [(0.0, 1.0, 0.0, 1.0), (0.0, 0.5, 0.0, 0.5), (0.5, 1.0, 0.5, 1.0)], p=1.0)
+    assert pooled[:, 0] == pytest.approx([0.5, 2.0, 0.0], abs=1e-5)
+
+
+def test_whitening_decorrelates_and_refuses_too_few_vectors():
+    from spotit.whitening import Whitening
+
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((64, 64))
+    data = rng.standard_normal((5000, 64)) @ mixing
+    whitening = Whitening.fit(data, dims=48, power=0.5)
+    projected = (data - whitening.mean) @ whitening.projection
+    covariance = np.cov(projected.T)
+    assert np.allclose(covariance, np.eye(48), atol=0.1)
+    assert np.allclose(np.linalg.norm(whitening(data[:5]), axis=1), 1.0, atol=1e-5)
+    assert Whitening.fit(data[:40], dims=48) is None

@@ -1,4 +1,5 @@
-"""The picture of a search: the query with its boxes, then the best gallery images with rank, name and score."""
+"""The picture of a search: the query with its boxes, then the best gallery images with rank, name and score,
+and, for verified results, where the query box lands in them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ TILE = 240
 CAPTION = 36
 COLUMNS = 6
 QUERY_COLOUR = (230, 40, 40)
+FOUND_COLOUR = (40, 220, 60)
 
 
 def _font(size: int):
@@ -25,8 +27,8 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _tile(image: np.ndarray, boxes: list[Box], colour) -> Image.Image:
-    """Fit an image into a TILE x TILE square, drawing boxes scaled with it."""
+def _tile(image: np.ndarray, boxes: list[Box], colour, quads=()) -> Image.Image:
+    """Fit an image into a TILE x TILE square, drawing boxes (and quadrilaterals) scaled with it."""
     picture = Image.fromarray(image)
     scale = min(TILE / picture.width, TILE / picture.height)
     picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BILINEAR)
@@ -38,6 +40,9 @@ def _tile(image: np.ndarray, boxes: list[Box], colour) -> Image.Image:
         draw.rectangle(
             [left + x * scale, top + y * scale, left + (x + w) * scale, top + (y + h) * scale], outline=colour, width=3
         )
+    for quad in quads:
+        points = [(left + x * scale, top + y * scale) for x, y in quad]
+        draw.line(points + points[:1], fill=colour, width=3)
     return tile
 
 
@@ -58,11 +63,13 @@ def render_grid(query: np.ndarray, boxes: list[Box], results, top: int = 10) -> 
     place(0, _tile(query, boxes, QUERY_COLOUR), "query", QUERY_COLOUR)
     for rank, hit in enumerate(results, 1):
         try:
-            tile = _tile(load_image(hit.path), [], None)
+            quads = [hit.quad] if getattr(hit, "quad", None) is not None else []
+            tile = _tile(load_image(hit.path), [], FOUND_COLOUR, quads)
         except ImageError:  # the gallery changed since indexing; keep the slot, say why
             tile = Image.new("RGB", (TILE, TILE), (90, 90, 90))
         name = hit.id if len(hit.id) <= 22 else "…" + hit.id[-21:]
-        place(rank, tile, f"#{rank} {name}  {hit.score:.3g}")
+        inliers = f"  {hit.inliers} inl" if getattr(hit, "inliers", None) else ""
+        place(rank, tile, f"#{rank} {name}  {hit.score:.3g}{inliers}")
     return sheet
 
 

@@ -24,9 +24,10 @@ from .local_features import SiftExtractor
 from .matching import ratio_matches
 from .ranking import rank
 from .store import Store
+from .whitening import Whitening
 
 # search method -> the feature kinds it reads from the index
-METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "hybrid": ["regions", "verify"]}
+METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "regional": ["regions"], "hybrid": ["regions", "verify"]}
 METHODS = tuple(METHOD_KINDS)
 DEFAULT_METHOD = "hybrid"
 DENSE_KINDS = ("global", "regions")
@@ -121,6 +122,7 @@ class Index:
                 f"settings; rebuild it with `spotit index GALLERY --index {store.root} --rebuild`"
             )
         self.store = store
+        self.search_conf = "default"  # a name in rerank.confs: shortlist, query rotations, fusion, expansion
         self._weights = weights
         self._backbone = None
         self._extractors: dict = {}
@@ -132,7 +134,10 @@ class Index:
         return cls(Store.open(path or default_index_dir()), weights)
 
     @classmethod
-    def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None) -> "Index":
+    def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None,
+               confs: dict | None = None) -> "Index":
+        """`confs` overrides the named configuration of a feature kind, e.g. {"regions": "gem-724"}."""
+        confs = {**DEFAULT_CONFS, **(confs or {})}
         backbones.check_backbone(backbone)
         gallery = Path(gallery).resolve()
         if not gallery.is_dir():
@@ -146,22 +151,22 @@ class Index:
             "backbone": backbone,
             "weights": str(Path(weights).resolve()) if weights else None,
             "weights_sha256": None,
-            "confs": dict(DEFAULT_CONFS),
-            "feature_settings": feature_settings(backbone, DEFAULT_CONFS),
+            "confs": confs,
+            "feature_settings": feature_settings(backbone, confs),
         }
         return cls(Store.create(path, settings), weights)
 
     @classmethod
     def open_or_create(cls, path=None, gallery=None, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE,
-                       weights=None, rebuild=False) -> "Index":
-        """Open the index at `path` for `gallery`, creating it if needed; refuse a mismatching one."""
+                       weights=None, rebuild=False, confs: dict | None = None) -> "Index":
+        """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one."""
         path = Path(path or default_index_dir())
         if rebuild and Store.exists(path):
             import shutil
 
             shutil.rmtree(path)
         if not Store.exists(path):
-            return cls.create(path, gallery, methods, backbone, weights)
+            return cls.create(path, gallery, methods, backbone, weights, confs)
         index = cls.open(path, weights)
         manifest = index.store.manifest
         if gallery is not None and Path(gallery).resolve() != Path(manifest["gallery"]):
@@ -310,6 +315,8 @@ class Index:
             done.clear()
 
         workers = workers or min(2, os.cpu_count() or 1)
+        if self._backbone is not None and workers > 1:
+            self._backbone.set_threads(1)  # one inference thread per worker beats oversubscribed cores
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(todo), shard_size):
@@ -321,6 +328,8 @@ class Index:
                         done.append((name, stamp, result))
                 flush()
         bar.close()
+        if self._backbone is not None and self._backbone.threads != 0:
+            self._backbone.set_threads(0)  # searches run one image at a time: give it every core again
         report.seconds = time.perf_counter() - started
         self.manifest["skipped"] = dict(report.skipped)
         if report.processed:
@@ -328,7 +337,22 @@ class Index:
         self.store.commit()
         self._compact_if_sparse()
         self._cache.clear()
+        if "regions" in self.kinds and (report.processed or report.removed or self.store.read_arrays("regions-whitened") is None):
+            self._whiten_regions()
         return report
+
+    def _whiten_regions(self) -> None:
+        """Learn PCA-whitening from the gallery's region descriptors and store them whitened."""
+        names, regions = self.store.load_dense("regions")
+        flat = regions.reshape(-1, regions.shape[-1]).astype(np.float32) if names else np.zeros((0, 1), np.float32)
+        conf = self.manifest["feature_settings"]["regions"]
+        whitening = Whitening.fit(flat, conf["whiten"], conf["whiten_power"]) if names else None
+        matrix = whitening(flat) if whitening else flat
+        arrays = {"names": np.array(names, dtype=str), "matrix": matrix.astype(np.float16),
+                  "regions_per_image": np.array(regions.shape[1] if names else 0)}
+        if whitening:
+            arrays.update(mean=whitening.mean, projection=whitening.projection)
+        self.store.write_arrays("regions-whitened", arrays)
 
     def _compact_if_sparse(self) -> None:
         """Rewrite shards once more than half of their rows belong to removed or re-extracted images."""
@@ -373,11 +397,29 @@ class Index:
         names, matrix = self._dense("global")
         return names, matrix @ self.extractor("global")(query)
 
-    def regional_scores(self, query: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Best cosine similarity between any rotation of the query and any region of each gallery image."""
-        names, regions = self._dense("regions")
-        sims = regions.reshape(-1, regions.shape[-1]) @ self.extractor("regions").query(query).T
-        return names, sims.reshape(len(names), -1).max(axis=1)
+    def _whitened_regions(self) -> tuple[list[str], np.ndarray, Whitening | None, int]:
+        if "whitened" not in self._cache:
+            data = self.store.read_arrays("regions-whitened")
+            if data is None or sorted(self.manifest["images"]) != data["names"].tolist():
+                self._whiten_regions()  # missing or stale (e.g. an interrupted update): rebuild it
+                data = self.store.read_arrays("regions-whitened")
+            whitening = Whitening(data["mean"], data["projection"]) if "mean" in data else None
+            self._cache["whitened"] = (data["names"].tolist(), data["matrix"].astype(np.float32), whitening,
+                                       int(data["regions_per_image"]))
+        return self._cache["whitened"]
+
+    def regional_scores(self, query: np.ndarray, photo_side: int | None = None):
+        """Best cosine similarity between the query and any region of each gallery image, in the whitened
+        space: (names, upright scores, best scores of the rotated query, whitened upright query vector).
+        `photo_side`: longest side of the photo the query was cropped from."""
+        names, matrix, whitening, per_image = self._whitened_regions()
+        conf = rerank.confs[self.search_conf]
+        descriptors = self.extractor("regions").query(query, photo_side, conf["query_rotations"], conf["rotated_scale"])
+        if whitening is not None:
+            descriptors = whitening(descriptors)
+        sims = (matrix @ descriptors.T).reshape(len(names), per_image, len(descriptors)).max(axis=1)
+        rotated = sims[:, 1:].max(axis=1) if sims.shape[1] > 1 else np.full(len(names), -np.inf)
+        return names, sims[:, 0], rotated, descriptors[0]
 
     def sift_scores(self, query: np.ndarray, progress: bool = False) -> tuple[list[str], np.ndarray]:
         """Seed SIFT: ratio-test match counts against every gallery image."""
@@ -390,18 +432,22 @@ class Index:
                   for n in tqdm(names, desc="matching", disable=not progress)]
         return names, np.array(counts, np.float32)
 
-    def _search_crop(self, crop: np.ndarray, method: str, progress: bool):
+    def _search_crop(self, crop: np.ndarray, method: str, progress: bool, photo_side: int):
         """(names, scores, verifications or None) for one query crop."""
         if method == "cnn":
             return (*self.cnn_scores(crop), None)
         if method == "sift":
             return (*self.sift_scores(crop, progress), None)
-        names, scores = self.regional_scores(crop)
+        names, scores, rotated, query_vector = self.regional_scores(crop, photo_side)
+        if method == "regional":
+            return names, scores, None
         if "verify_reader" not in self._cache:
             self._cache["verify_reader"] = self.store.local_reader("verify")
+        _, matrix, _, per_image = self._whitened_regions()
         sides = [max(self.manifest["images"][n]["width"], self.manifest["images"][n]["height"]) for n in names]
-        scores, checks = rerank.verify_shortlist(
-            self.extractor("verify")(crop), names, scores, self._cache["verify_reader"], sides, rerank.confs["default"]
+        scores, checks = rerank.rerank(
+            self.extractor("verify")(crop), names, scores, rotated, self._cache["verify_reader"], sides,
+            rerank.confs[self.search_conf], matrix, per_image, query_vector,
         )
         return names, scores, checks
 
@@ -417,7 +463,7 @@ class Index:
         image = as_image(query)
         boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes or []]
         crops = [image[y : y + h, x : x + w] for x, y, w, h in boxes] or [image]
-        per_crop = [self._search_crop(crop, method, progress) for crop in crops]
+        per_crop = [self._search_crop(crop, method, progress, max(image.shape[:2])) for crop in crops]
         names = per_crop[0][0]
         stacked = np.stack([scores for _, scores, _ in per_crop])
         best_crop = stacked.argmax(axis=0)

@@ -182,6 +182,24 @@ class Store:
                 totals[shard] = len(data["names"])
         return totals
 
+    def write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Derived data (e.g. the whitened descriptor matrix) as an .npz beside the manifest, atomically."""
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.root / f"{name}.npz", buffer.getvalue())
+
+    def read_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        path = self.root / f"{name}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, ValueError):
+            return None  # derived data: rebuilt from the shards
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
@@ -191,20 +209,24 @@ class LocalReader:
 
     def __init__(self, store: "Store", kind: str):
         self.store, self.kind = store, kind
-        self._files: dict[str, h5py.File] = {}
+        self._shards: dict[str, tuple] = {}
 
     def __call__(self, image: str) -> LocalFeatures:
         entry = self.store.manifest["images"][image]
-        data = self._files.get(entry["shard"])
-        if data is None:
-            data = self._files[entry["shard"]] = self.store._read(entry["shard"])
-        if self.kind not in data:
-            raise self.store._missing(self.kind)
-        group = data[self.kind]
-        a, b = group["offsets"][entry["row"] : entry["row"] + 2]
-        return LocalFeatures(group["keypoints"][a:b], group["descriptors"][a:b])
+        opened = self._shards.get(entry["shard"])
+        if opened is None:
+            data = self.store._read(entry["shard"])
+            if self.kind not in data:
+                data.close()
+                raise self.store._missing(self.kind)
+            group = data[self.kind]
+            # offsets are small: read once; the big arrays are sliced per image
+            opened = self._shards[entry["shard"]] = (data, group["offsets"][()], group["keypoints"], group["descriptors"])
+        _, offsets, keypoints, descriptors = opened
+        a, b = offsets[entry["row"]], offsets[entry["row"] + 1]
+        return LocalFeatures(keypoints[a:b], descriptors[a:b])
 
     def close(self) -> None:
-        for data in self._files.values():
+        for data, *_ in self._shards.values():
             data.close()
-        self._files.clear()
+        self._shards.clear()

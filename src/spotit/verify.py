@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from .local_features import LocalFeatures
-from .matching import ratio_matches
+from .matching import ratio_matches_unit
 
 confs = {
     # the ratio is looser than the seed's 0.75: RootSIFT plus a geometric check rejects what it lets through
@@ -38,13 +38,10 @@ def plausible(transform: np.ndarray) -> bool:
     return 1e-3 < det < 1e3 and np.all(np.abs(transform[2, :2]) < 0.01)
 
 
-def verify(query: LocalFeatures, gallery: LocalFeatures, gallery_side: float, conf: dict = confs["default"],
-           query_root: np.ndarray | None = None, gallery_root: np.ndarray | None = None) -> Verification:
-    """Ratio-test matches of RootSIFT descriptors, then a robust homography (MAGSAC), falling back to an
-    affine fit when the homography is implausible. Inliers count only for a plausible transform."""
-    q = rootsift(query.descriptors) if query_root is None else query_root
-    g = rootsift(gallery.descriptors) if gallery_root is None else gallery_root
-    matches = ratio_matches(q, g, conf["ratio"])
+def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, gallery_side: float,
+        conf: dict = confs["default"]) -> Verification:
+    """A robust homography (MAGSAC) through the matches, falling back to an affine fit when the homography
+    is implausible. Inliers count only for a plausible transform."""
     if len(matches) < conf["min_matches"]:
         return Verification(0, None)
     src = query.keypoints[matches[:, 0], :2].astype(np.float32)
@@ -62,6 +59,12 @@ def verify(query: LocalFeatures, gallery: LocalFeatures, gallery_side: float, co
             return Verification(0, None)
     inliers = int(mask.sum()) if mask is not None else 0
     return Verification(inliers, transform)
+
+
+def verify(query: LocalFeatures, gallery: LocalFeatures, gallery_side: float, conf: dict = confs["default"]) -> Verification:
+    """Verify one pair: RootSIFT ratio-test matches, then `fit`."""
+    matches = ratio_matches_unit(rootsift(query.descriptors), [rootsift(gallery.descriptors)], conf["ratio"])[0]
+    return fit(query, gallery, matches, gallery_side, conf)
 
 
 def map_box(transform: np.ndarray, width: float, height: float) -> np.ndarray:

@@ -166,8 +166,13 @@ class Backbone:
         return cls(name, sha, onnx_path, threads)
 
     def __post_init__(self):
+        self.set_threads(self.threads)
+
+    def set_threads(self, threads: int) -> None:
+        """(Re)open the inference session with `threads` intra-op threads (0: one per core, at most 8)."""
         import onnxruntime as ort
 
+        self.threads = threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or min(os.cpu_count() or 1, 8)
         options.log_severity_level = 3
