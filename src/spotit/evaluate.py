@@ -15,6 +15,7 @@ from . import backbones
 from .datasets import Dataset, load_dataset
 from .errors import SpotitError
 from .index import METHODS, Index
+from .store import Store
 from .metrics import mean_metrics, ns_score, query_metrics
 
 KAPPAS = (1, 5, 10)
@@ -43,8 +44,10 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
     if not dataset.queries:
         raise SpotitError(f"{root} has no queries")
     if index is None:
-        index = Index.open_or_create(index_dir or default_eval_index(dataset, backbone), dataset.gallery,
-                                     [method], backbone)
+        path = Path(index_dir or default_eval_index(dataset, backbone))
+        # the default cache index is ours to rebuild; a user's --index is never replaced behind their back
+        stale = index_dir is None and Store.exists(path) and not Index.is_current(path)
+        index = Index.open_or_create(path, dataset.gallery, [method], backbone, rebuild=stale)
     report = index.update(progress=progress)
     allowed = set(dataset.gallery_ids) if dataset.gallery_ids is not None else None
 

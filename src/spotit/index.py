@@ -130,6 +130,15 @@ class Index:
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
+    def is_current(cls, path: str | os.PathLike) -> bool:
+        """Whether an index exists at `path` and was built with this spotit's feature settings."""
+        try:
+            cls.open(path)
+        except SpotitError:
+            return False
+        return True
+
+    @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> "Index":
         return cls(Store.open(path or default_index_dir()), weights)
 
@@ -438,15 +447,20 @@ class Index:
             return (*self.cnn_scores(crop), None)
         if method == "sift":
             return (*self.sift_scores(crop, progress), None)
-        names, scores, rotated, query_vector = self.regional_scores(crop, photo_side)
         if method == "regional":
+            names, scores, _, _ = self.regional_scores(crop, photo_side)
             return names, scores, None
+        # the query's SIFT (OpenCV, no GIL) runs beside the CNN
+        with ThreadPoolExecutor(1) as pool:
+            query_local = pool.submit(self.extractor("verify"), crop)
+            names, scores, rotated, query_vector = self.regional_scores(crop, photo_side)
+            query_local = query_local.result()
         if "verify_reader" not in self._cache:
             self._cache["verify_reader"] = self.store.local_reader("verify")
         _, matrix, _, per_image = self._whitened_regions()
         sides = [max(self.manifest["images"][n]["width"], self.manifest["images"][n]["height"]) for n in names]
         scores, checks = rerank.rerank(
-            self.extractor("verify")(crop), names, scores, rotated, self._cache["verify_reader"], sides,
+            query_local, names, scores, rotated, self._cache["verify_reader"], sides,
             rerank.confs[self.search_conf], matrix, per_image, query_vector,
         )
         return names, scores, checks

@@ -13,11 +13,11 @@ from .verify import Verification, confs as verify_confs, fit, map_box, rootsift
 confs = {
     # Verified images (inliers >= min_inliers) get weight * inliers / (inliers + half) on top of their CNN
     # score: they outrank unverified ones, more inliers count more, with diminishing returns.
-    # The shortlist is the `shortlist` best upright CNN scores plus the `rotated_shortlist` best scores of
-    # the query turned by 90, 180 and 270 degrees (`query_rotations` 4, seen at `rotated_scale` of the
-    # upright scale: cheap, as they only bring rotated views into the shortlist; scoring by them let
-    # unrelated images in, -0.07 mAP on Holidays). Query expansion averages the query with the
-    # best-matching region of up to `qe` images verified with >= qe_min_inliers, and re-scores the gallery.
+    # The shortlist holds `shortlist` images: up to `rotated_shortlist` best by the query turned by 90, 180
+    # and 270 degrees (seen at `rotated_scale` of the upright scale), the rest by the upright CNN score.
+    # Turned queries only bring rotated views into the shortlist: scoring by them let unrelated images
+    # in (-0.07 mAP on Holidays). Query expansion averages the query with the best-matching region of up
+    # to `qe` images verified with >= qe_min_inliers, and re-scores the whole gallery with it.
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "min_inliers": 8, "weight": 1.0, "half": 40, "qe": 2, "qe_min_inliers": 15, "verify": "default"},
 }
@@ -33,9 +33,15 @@ def fuse(cnn: np.ndarray, inliers: np.ndarray, conf: dict) -> np.ndarray:
 
 
 def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]:
-    chosen = dict.fromkeys(int(i) for i in rank(upright)[: conf["shortlist"]])
+    """`shortlist` rows in all: the best by the rotated query's score (up to `rotated_shortlist`), the rest
+    by the upright score."""
+    chosen: dict[int, None] = {}
     if conf["rotated_shortlist"] and np.isfinite(rotated).any():
         chosen.update(dict.fromkeys(int(i) for i in rank(rotated)[: conf["rotated_shortlist"]]))
+    for i in rank(upright):
+        if len(chosen) >= conf["shortlist"]:
+            break
+        chosen.setdefault(int(i))
     return list(chosen)
 
 
