@@ -1,7 +1,6 @@
 import json
 import pickle
 
-import numpy as np
 import pytest
 from PIL import Image
 

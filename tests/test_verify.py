@@ -1,11 +1,10 @@
 import numpy as np
-import pytest
 from PIL import Image
 
 from spotit import Index
 from spotit.local_features import LocalFeatures
 from spotit.matching import ratio_matches, ratio_matches_unit
-from spotit.verify import fit, map_box, plausible, rootsift, verify
+from spotit.verify import map_box, plausible, rootsift, verify
 
 
 def synthetic_pair(consistent: bool, n: int = 200, seed: int = 0):

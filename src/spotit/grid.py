@@ -68,7 +68,8 @@ def render_grid(query: np.ndarray, boxes: list[Box], results, top: int = 10) -> 
         except ImageError:  # the gallery changed since indexing; keep the slot, say why
             tile = Image.new("RGB", (TILE, TILE), (90, 90, 90))
         name = hit.id if len(hit.id) <= 22 else "…" + hit.id[-21:]
-        inliers = f"  {hit.inliers} inl" if getattr(hit, "inliers", None) else ""
+        verified = getattr(hit, "quad", None) is not None
+        inliers = f"  {hit.inliers} inliers" if verified else ""
         place(rank, tile, f"#{rank} {name}  {hit.score:.3g}{inliers}")
     return sheet
 
