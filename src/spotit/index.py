@@ -458,7 +458,10 @@ class Index:
         if "verify_reader" not in self._cache:
             self._cache["verify_reader"] = self.store.local_reader("verify")
         _, matrix, _, per_image = self._whitened_regions()
-        sides = [max(self.manifest["images"][n]["width"], self.manifest["images"][n]["height"]) for n in names]
+        if "sides" not in self._cache:  # longest side of each gallery photo, for the fit's pixel threshold
+            images = self.manifest["images"]
+            self._cache["sides"] = [max(images[n]["width"], images[n]["height"]) for n in names]
+        sides = self._cache["sides"]
         scores, checks = rerank.rerank(
             query_local, names, scores, rotated, self._cache["verify_reader"], sides,
             rerank.confs[self.search_conf], matrix, per_image, query_vector,
