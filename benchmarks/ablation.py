@@ -27,8 +27,8 @@ SETS = {"clutter-dev": BENCH_DIR / "clutter-dev", "holidays-dev": SHARED / "holi
 STEPS = [
     ("seed: avgpool 224 centre crop", "cnn", None, "default"),
     ("+ GeM pooling, whole image at 224 px", "regional", "gem-224", "upright"),
-    ("+ input 724 px, query crop at its photo's scale", "regional", "gem-724", "upright"),
-    ("+ regions (R-MAC grid, 3 levels, 14 per image)", "regional", "gem-724-regions", "upright"),
+    ("+ input 672 px, query crop at its photo's scale", "regional", "gem-672", "upright"),
+    ("+ regions (R-MAC grid, 3 levels, 14 per image)", "regional", "gem-672-regions", "upright"),
     ("+ PCA-whitening from the gallery (512 d, power 0.25)", "regional", "gem-regions", "upright"),
     ("+ verification: RootSIFT, MAGSAC, top 100 re-ranked", "hybrid", "gem-regions", "upright"),
     ("+ rotation: turned queries add 10 to the shortlist", "hybrid", "gem-regions", "no-qe"),

@@ -113,14 +113,17 @@ def write_markdown(results: dict) -> None:
     ablation = HERE / "ablation.json"
     if ablation.is_file():
         lines += ["", "## Ablation of the hybrid method", "",
-                  "Each row adds one technique to the row above (`python benchmarks/ablation.py`); the time is",
-                  "the median per query, the size what the index holds per gallery image.", ""]
+                  "Each row adds one technique to the row above (`python benchmarks/ablation.py`); the query time is",
+                  "the median per query, the indexing time and size what the index that step reads costs per gallery image.", ""]
         for set_name, steps in json.loads(ablation.read_text()).items():
-            lines += [f"### {set_name}", "", "| step | mAP | gain | query median s | index KiB/image |", "|---|---|---|---|---|"]
+            lines += [f"### {set_name}", "",
+                      "| step | mAP | gain | query median s | indexing ms/image | index KiB/image |", "|---|---|---|---|---|---|"]
             previous = None
             for label, r in steps.items():
                 gain = "" if previous is None else f"{r['map'] - previous:+.3f}"
-                lines.append(f"| {label} | {r['map']:.3f} | {gain} | {r['query_s_median']:.3f} | {r['index_bytes_per_image'] / 1024:.0f} |")
+                rate = r.get("index_images_per_s")
+                lines.append(f"| {label} | {r['map']:.3f} | {gain} | {r['query_s_median']:.3f} | "
+                             f"{fmt(1000 / rate if rate else None, 0)} | {r['index_bytes_per_image'] / 1024:.0f} |")
                 previous = r["map"]
             lines.append("")
     notes = HERE / "NOTES.md"

@@ -1,10 +1,12 @@
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
 from spotit import Index, SpotitError
+from spotit.local_features import LocalFeatures
 from spotit.store import MANIFEST, Store
 
 
@@ -19,8 +21,10 @@ def test_index_holds_every_gallery_image_with_both_feature_kinds(demo, demo_inde
 
 def test_reindexing_processes_only_new_and_changed_images_and_drops_deleted(gallery_copy, tmp_path, noise_image):
     index = Index.create(tmp_path / "idx", gallery_copy, ["cnn"])
-    first = index.update(progress=False)
+    threads = cv2.getNumThreads()
+    first = index.update(progress=False, workers=2)
     assert (first.added, first.updated, first.removed) == (20, 0, 0)
+    assert cv2.getNumThreads() == threads  # workers run OpenCV single-threaded; searches get it all back
 
     again = Index.open_or_create(tmp_path / "idx", gallery_copy, ["cnn"]).update(progress=False)
     assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 20)
@@ -120,3 +124,26 @@ def test_adding_a_method_extracts_it_for_existing_images(gallery_copy, tmp_path)
     report = index.update(progress=False)
     assert index.methods == ["cnn", "sift"] and report.updated == 20
     assert len(index.store.load_local("sift")) == 20 and len(index.store.load_dense("global")[0]) == 20
+
+
+def test_local_reader_returns_what_each_shard_stored(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def random_features(n):
+        return LocalFeatures(rng.random((n, 4), np.float32), rng.integers(0, 256, (n, 128)).astype(np.uint8))
+
+    store = Store.create(tmp_path / "index", {})
+    written = {}
+    for names in (["a", "b", "empty"], ["c"]):
+        feats = [random_features(0 if name == "empty" else int(rng.integers(2, 50))) for name in names]
+        shard = store.write_shard(names, {"verify": feats})
+        for row, (name, feat) in enumerate(zip(names, feats)):
+            store.manifest["images"][name] = {"shard": shard, "row": row}
+            written[name] = feat
+    reader = store.local_reader("verify")
+    for name in ["c", "a", "empty", "b"]:
+        read = reader(name)
+        assert np.array_equal(read.keypoints, written[name].keypoints)
+        assert np.array_equal(read.descriptors, written[name].descriptors)
+    with pytest.raises(SpotitError, match="no sift features"):
+        store.local_reader("sift")("a")

@@ -3,6 +3,7 @@ import pytest
 
 from spotit.pooling import average, gem, l2_normalise, max_
 from spotit.ranking import rank, ranklist_line, read_ranklist, write_ranklist
+from spotit.rerank import region_scores
 
 
 def test_poolings_on_a_hand_worked_map():
@@ -59,3 +60,16 @@ def test_whitening_decorrelates_and_refuses_too_few_vectors():
     assert np.allclose(covariance, np.eye(48), atol=0.1)
     assert np.allclose(np.linalg.norm(whitening(data[:5]), axis=1), 1.0, atol=1e-5)
     assert Whitening.fit(data[:40], dims=48) is None
+
+
+def test_region_scores_take_each_images_best_region_per_vector():
+    rng = np.random.default_rng(1)
+    images, per_image, dim = 5, 3, 8
+    regions = rng.standard_normal((images * per_image, dim)).astype(np.float32)
+    vectors = rng.standard_normal((2, dim)).astype(np.float32)
+    scores = region_scores(np.ascontiguousarray(regions.T), per_image, vectors)
+    assert scores.shape == (2, images)
+    for k in range(2):
+        for i in range(images):
+            assert scores[k, i] == pytest.approx(max(regions[i * per_image + r] @ vectors[k] for r in range(per_image)), abs=1e-5)
+    assert np.allclose(region_scores(np.ascontiguousarray(regions.T), per_image, vectors[0]), scores[:1])

@@ -44,7 +44,7 @@ def test_plausible_rejects_mirror_and_collapse():
     assert not plausible(None)
 
 
-def test_batched_unit_matching_equals_brute_force_ratio_test():
+def test_matrix_product_matching_equals_brute_force_ratio_test():
     rng = np.random.default_rng(3)
     query = rootsift(rng.integers(0, 255, (150, 128)).astype(np.uint8))
     galleries = []

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -145,7 +146,7 @@ class Index:
     @classmethod
     def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None,
                confs: dict | None = None) -> "Index":
-        """`confs` overrides the named configuration of a feature kind, e.g. {"regions": "gem-724"}."""
+        """`confs` overrides the named configuration of a feature kind, e.g. {"regions": "gem-672"}."""
         confs = {**DEFAULT_CONFS, **(confs or {})}
         backbones.check_backbone(backbone)
         gallery = Path(gallery).resolve()
@@ -324,21 +325,30 @@ class Index:
             done.clear()
 
         workers = workers or min(2, os.cpu_count() or 1)
-        if self._backbone is not None and workers > 1:
-            self._backbone.set_threads(1)  # one inference thread per worker beats oversubscribed cores
+        opencv_threads = cv2.getNumThreads()
+        if workers > 1:
+            # one thread per worker inside onnxruntime and OpenCV beats oversubscribed cores
+            # (OpenCV's own pool beside two workers: 6.8 images/s instead of 7.5)
+            cv2.setNumThreads(1)
+            if self._backbone is not None:
+                self._backbone.set_threads(1)
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
-        with ThreadPoolExecutor(workers) as pool:
-            for start in range(0, len(todo), shard_size):
-                for name, stamp, result in pool.map(self._load_and_extract, todo[start : start + shard_size]):
-                    bar.update()
-                    if stamp is None:
-                        report.skipped.append((name, result))
-                    else:
-                        done.append((name, stamp, result))
-                flush()
-        bar.close()
-        if self._backbone is not None and self._backbone.threads != 0:
-            self._backbone.set_threads(0)  # searches run one image at a time: give it every core again
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for start in range(0, len(todo), shard_size):
+                    for name, stamp, result in pool.map(self._load_and_extract, todo[start : start + shard_size]):
+                        bar.update()
+                        if stamp is None:
+                            report.skipped.append((name, result))
+                        else:
+                            done.append((name, stamp, result))
+                    flush()
+        finally:
+            bar.close()
+            # searches run one image at a time: give them every core again
+            cv2.setNumThreads(opencv_threads)
+            if self._backbone is not None and self._backbone.threads != 0:
+                self._backbone.set_threads(0)
         report.seconds = time.perf_counter() - started
         self.manifest["skipped"] = dict(report.skipped)
         if report.processed:
@@ -413,22 +423,22 @@ class Index:
                 self._whiten_regions()  # missing or stale (e.g. an interrupted update): rebuild it
                 data = self.store.read_arrays("regions-whitened")
             whitening = Whitening(data["mean"], data["projection"]) if "mean" in data else None
-            self._cache["whitened"] = (data["names"].tolist(), data["matrix"].astype(np.float32), whitening,
-                                       int(data["regions_per_image"]))
+            columns = np.ascontiguousarray(data["matrix"].T, dtype=np.float32)  # as rerank.region_scores wants
+            self._cache["whitened"] = (data["names"].tolist(), columns, whitening, int(data["regions_per_image"]))
         return self._cache["whitened"]
 
     def regional_scores(self, query: np.ndarray, photo_side: int | None = None):
         """Best cosine similarity between the query and any region of each gallery image, in the whitened
         space: (names, upright scores, best scores of the rotated query, whitened upright query vector).
         `photo_side`: longest side of the photo the query was cropped from."""
-        names, matrix, whitening, per_image = self._whitened_regions()
+        names, columns, whitening, per_image = self._whitened_regions()
         conf = rerank.confs[self.search_conf]
         descriptors = self.extractor("regions").query(query, photo_side, conf["query_rotations"], conf["rotated_scale"])
         if whitening is not None:
             descriptors = whitening(descriptors)
-        sims = (matrix @ descriptors.T).reshape(len(names), per_image, len(descriptors)).max(axis=1)
-        rotated = sims[:, 1:].max(axis=1) if sims.shape[1] > 1 else np.full(len(names), -np.inf)
-        return names, sims[:, 0], rotated, descriptors[0]
+        sims = rerank.region_scores(columns, per_image, descriptors)
+        rotated = sims[1:].max(axis=0) if len(sims) > 1 else np.full(len(names), -np.inf)
+        return names, sims[0], rotated, descriptors[0]
 
     def sift_scores(self, query: np.ndarray, progress: bool = False) -> tuple[list[str], np.ndarray]:
         """Seed SIFT: ratio-test match counts against every gallery image."""
@@ -457,14 +467,14 @@ class Index:
             query_local = query_local.result()
         if "verify_reader" not in self._cache:
             self._cache["verify_reader"] = self.store.local_reader("verify")
-        _, matrix, _, per_image = self._whitened_regions()
+        _, columns, _, per_image = self._whitened_regions()
         if "sides" not in self._cache:  # longest side of each gallery photo, for the fit's pixel threshold
             images = self.manifest["images"]
             self._cache["sides"] = [max(images[n]["width"], images[n]["height"]) for n in names]
         sides = self._cache["sides"]
         scores, checks = rerank.rerank(
             query_local, names, scores, rotated, self._cache["verify_reader"], sides,
-            rerank.confs[self.search_conf], matrix, per_image, query_vector,
+            rerank.confs[self.search_conf], columns, per_image, query_vector,
         )
         return names, scores, checks
 
@@ -489,8 +499,9 @@ class Index:
         if top is not None:
             order = order[:top]
         results = []
+        gallery = str(self.gallery)  # one Path for all results: top=None builds thousands
         for i in order:
-            result = Result(image_id(names[i]), str(self.gallery / names[i]), float(merged[i]))
+            result = Result(image_id(names[i]), os.path.join(gallery, names[i]), float(merged[i]))
             checks = per_crop[best_crop[i]][2]
             if checks is not None:
                 check = checks.get(i)

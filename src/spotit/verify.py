@@ -22,11 +22,16 @@ class Verification:
     transform: np.ndarray | None  # 3x3, query pixels -> gallery pixels
 
 
+_SQRT = np.sqrt(np.arange(256, dtype=np.float32))
+
+
 def rootsift(descriptors: np.ndarray) -> np.ndarray:
-    """RootSIFT (Arandjelovic & Zisserman, 2012): L1-normalise, then square root; compare with L2."""
-    d = descriptors.astype(np.float32)
-    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-7)
-    return np.sqrt(d)
+    """RootSIFT (Arandjelovic & Zisserman, 2012) of uint8 SIFT descriptors: L1-normalise, then square root;
+    compare with L2. sqrt(d / sum) is computed as a table look-up of sqrt(d) over sqrt(sum): one pass."""
+    total = descriptors.sum(axis=1, dtype=np.float32)
+    out = _SQRT[descriptors]
+    out *= (1.0 / np.sqrt(np.maximum(total, 1e-7)))[:, None]
+    return out
 
 
 def plausible(transform: np.ndarray) -> bool:

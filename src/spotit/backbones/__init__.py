@@ -188,8 +188,10 @@ class Backbone:
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), normalised as the weights were trained."""
         conf = confs[self.name]
-        x = (images.astype(np.float32) - np.float32(conf["mean"])) / np.float32(conf["std"])
-        return x.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)  # one copy, in place after
+        x -= np.float32(conf["mean"])[:, None, None]
+        x *= (1 / np.float32(conf["std"]))[:, None, None]
+        return x
 
     def feature_maps(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 (N, 3, H, W) -> (N, C, H/32, W/32); H and W must be multiples of 32."""
