@@ -14,8 +14,8 @@ from . import backbones
 from .datasets import Dataset, load_dataset
 from .errors import SpotitError
 from .index import METHODS, Index
-from .store import Store
 from .metrics import mean_metrics, ns_score, query_metrics
+from .store import Store
 
 KAPPAS = (1, 5, 10)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .local_features import LocalFeatures
-from .matching import ratio_matches_unit
 from .pooling import l2_normalise
 from .ranking import rank
-from .verify import Verification, confs as verify_confs, fit, map_box, rootsift
+from .verify import Verification, confs as verify_confs, map_box, verify_many
 
 confs = {
     # Verified images (inliers >= min_inliers) get weight * inliers / (inliers + half) on top of their CNN
@@ -61,10 +60,8 @@ def rerank(query: LocalFeatures, names: list[str], upright: np.ndarray, rotated:
 
     `regions` holds the gallery's region descriptors as columns, as `region_scores` takes them."""
     rows = shortlist(upright, rotated, conf)
-    verify_conf = verify_confs[conf["verify"]]
-    gallery = [read(names[i]) for i in rows]
-    matches = ratio_matches_unit(rootsift(query.descriptors), [rootsift(g.descriptors) for g in gallery], verify_conf["ratio"])
-    checks = {i: fit(query, g, m, sides[i], verify_conf) for i, g, m in zip(rows, gallery, matches)}
+    verifications = verify_many(query, [read(names[i]) for i in rows], [sides[i] for i in rows], verify_confs[conf["verify"]])
+    checks = dict(zip(rows, verifications))
     inliers = np.zeros(len(names))
     for i, check in checks.items():
         inliers[i] = check.inliers

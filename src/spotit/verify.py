@@ -66,10 +66,16 @@ def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, galle
     return Verification(inliers, transform)
 
 
+def verify_many(query: LocalFeatures, galleries: list[LocalFeatures], gallery_sides: list[float],
+                conf: dict = confs["default"]) -> list[Verification]:
+    """Verify the query against each gallery image: RootSIFT ratio-test matches, then `fit`."""
+    matches = ratio_matches_unit(rootsift(query.descriptors), [rootsift(g.descriptors) for g in galleries], conf["ratio"])
+    return [fit(query, g, m, side, conf) for g, m, side in zip(galleries, matches, gallery_sides)]
+
+
 def verify(query: LocalFeatures, gallery: LocalFeatures, gallery_side: float, conf: dict = confs["default"]) -> Verification:
-    """Verify one pair: RootSIFT ratio-test matches, then `fit`."""
-    matches = ratio_matches_unit(rootsift(query.descriptors), [rootsift(gallery.descriptors)], conf["ratio"])[0]
-    return fit(query, gallery, matches, gallery_side, conf)
+    """Verify one pair (see `verify_many`)."""
+    return verify_many(query, [gallery], [gallery_side], conf)[0]
 
 
 def map_box(transform: np.ndarray, width: float, height: float) -> np.ndarray:
