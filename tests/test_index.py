@@ -56,9 +56,9 @@ def test_bad_files_are_skipped_listed_and_the_rest_indexed(gallery_copy, tmp_pat
     assert report.added == 20 and len(index) == 20
 
 
-def test_interrupted_update_keeps_finished_shards_and_resumes(gallery_copy, tmp_path, monkeypatch):
+def test_interrupted_update_keeps_every_finished_photo_and_resumes(gallery_copy, tmp_path, monkeypatch):
     index = Index.create(tmp_path / "idx", gallery_copy, ["cnn"])
-    real_extract = index._extract
+    real_extract = index.extract
     calls = {"n": 0}
 
     def dying(image):
@@ -67,11 +67,11 @@ def test_interrupted_update_keeps_finished_shards_and_resumes(gallery_copy, tmp_
             raise KeyboardInterrupt
         return real_extract(image)
 
-    monkeypatch.setattr(index, "_extract", dying)
+    monkeypatch.setattr(index, "extract", dying)
     with pytest.raises(KeyboardInterrupt):
-        index.update(progress=False, shard_size=4, workers=1)
+        index.update(progress=False, shard_size=256, workers=1)
     saved = Store.open(tmp_path / "idx").manifest["images"]
-    assert len(saved) == 8  # two finished shards of four survive the interruption
+    assert len(saved) == 8  # the eight finished photos are committed, though no shard was full
     resumed = Index.open_or_create(tmp_path / "idx", gallery_copy, ["cnn"]).update(progress=False)
     assert (resumed.added, resumed.unchanged) == (12, 8)
     assert not [p for p in (tmp_path / "idx" / "shards").iterdir() if p.suffix != ".h5"]
@@ -109,7 +109,7 @@ def test_index_with_another_backbone_or_gallery_or_method_says_so(demo, demo_ind
         Index.open_or_create(demo_index.store.root, tmp_path, ["cnn"])
     cnn_only = Index.create(tmp_path / "cnn-only", demo["gallery"], ["cnn"])
     cnn_only.update(progress=False)
-    with pytest.raises(SpotitError, match="built with method cnn, not sift"):
+    with pytest.raises(SpotitError, match="serves cnn, not sift"):
         cnn_only.search(demo["query"], method="sift")
 
 

@@ -4,19 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from . import __version__, backbones
 from .errors import SpotitError
-from .images import IMAGE_EXTENSIONS, as_image, parse_box, read_box_file
+from .fileio import check_output_dir, check_output_file
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, parse_box, read_box_file
 from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods
 from .ranking import ranklist_line, write_ranklist
 
 
+class Output:
+    """stdout that survives a closed pipe (`spotit ... | head`): printing stops, the work and its files go on."""
+
+    closed = False
+
+    @classmethod
+    def print(cls, *args) -> None:
+        if cls.closed:
+            return
+        try:
+            print(*args, flush=True)
+        except BrokenPipeError:
+            cls.closed = True
+            # later writes, and Python's own flush at exit, must not raise again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
+say = Output.print
+
+
 def eprint(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
+    try:
+        print(*args, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        pass
 
 
 def add_index_arg(parser: argparse.ArgumentParser) -> None:
@@ -24,23 +53,40 @@ def add_index_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"index folder (default: $SPOTIT_INDEX or {default_index_dir()})")
 
 
+def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images larger than N pixels before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 # ---- spotit index ----------------------------------------------------------------------------------
 def cmd_index(args) -> int:
-    index = Index.open_or_create(args.index, args.gallery, parse_methods(args.method), args.backbone,
-                                 args.weights, rebuild=args.rebuild)
+    index_dir = check_output_dir(args.index or default_index_dir(), "index folder")
+    index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
+                                 rebuild=args.rebuild, moved=args.moved, wait=args.wait)
     try:
-        report = index.update(progress=not args.quiet)
+        report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels)
     except KeyboardInterrupt:
-        eprint(f"interrupted: {len(index)} images are saved in {index.store.root}; run the same command to resume")
+        saved = len(Index.open(index.store.root))
+        eprint(f"interrupted: {saved} images are saved in {index.store.root}; run the same command to resume")
         return 130
-    print(f"index {index.store.root}: {len(index)} images ({', '.join(index.methods)}; backbone {index.manifest['backbone']})")
-    print(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
+    say(f"index {index.store.root}: {len(index)} images ({', '.join(index.methods)}; backbone {index.manifest['backbone']})")
+    say(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
     if report.processed:
-        print(f"  {report.images_per_s:.1f} images/s")
+        say(f"  {report.images_per_s:.1f} images/s")
     if report.skipped:
-        print(f"  skipped {len(report.skipped)} unreadable file(s):")
+        say(f"  skipped {len(report.skipped)} file(s):")
         for name, reason in report.skipped:
-            print(f"    {name}: {reason}")
+            say(f"    {name}: {reason}")
     return 0
 
 
@@ -48,26 +94,51 @@ def cmd_index(args) -> int:
 def find_queries(query_dir: Path) -> list[Path]:
     if not query_dir.is_dir():
         raise SpotitError(f"query folder not found: {query_dir}")
-    queries = sorted(p for p in query_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    queries = sorted(p for p in query_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not queries:
         raise SpotitError(f"no query images in {query_dir}")
     return queries
 
 
+STALE_NOTE = {"deleted": "  (deleted since indexing)", "changed": "  (changed since indexing)"}
+
+
 def print_top(title: str, results, top: int = 10) -> None:
-    print(title)
+    say(title)
     for rank, hit in enumerate(results[:top], 1):
-        print(f"  {rank:>3}. {hit.id}  {hit.score:.4f}")
+        say(f"  {rank:>3}. {hit.id}  {hit.score:.4f}{STALE_NOTE.get(hit.stale, '')}")
+
+
+def check_search_args(args) -> None:
+    """Every option that cannot apply is an error, said before any work."""
+    batch = args.queries is not None
+    if batch and args.query is not None:
+        raise SpotitError("give either a QUERY image or --queries QUERY_DIR, not both")
+    if not batch:
+        if args.query is None:
+            raise SpotitError("give a QUERY image, or --queries QUERY_DIR [--boxes BOX_DIR] for batch mode")
+        for option in ("boxes", "ranklist"):
+            if getattr(args, option) is not None:
+                raise SpotitError(f"--{option} applies to batch mode only: add --queries QUERY_DIR")
+        if args.grid is not None:
+            check_output_file(args.grid, "--grid")
+        return
+    if args.box:
+        raise SpotitError("--box applies to a single QUERY; in batch mode boxes come from --boxes BOX_DIR")
+    if args.boxes is not None and not args.boxes.is_dir():
+        raise SpotitError(f"box folder not found: {args.boxes}")
+    check_output_file(args.ranklist or DEFAULT_RANKLIST, "--ranklist")
+    if args.grid is not None:
+        check_output_dir(args.grid, "--grid folder")
 
 
 def cmd_search(args) -> int:
+    check_search_args(args)
     if args.queries is not None:
         return search_batch(args)
-    if args.query is None:
-        raise SpotitError("give a QUERY_IMAGE, or --queries QUERY_DIR --boxes BOX_DIR for batch mode")
     boxes = [parse_box(text) for text in args.box or []]
     index = Index.open(args.index, args.weights)
-    image = as_image(args.query)
+    image = as_image(args.query, max_pixels=args.max_pixels)
     args.method = args.method or index.default_method
     results = index.search(image, boxes, method=args.method, top=args.top, progress=not args.quiet)
     if args.grid:
@@ -75,13 +146,16 @@ def cmd_search(args) -> int:
 
         save_grid(args.grid, image, boxes, results)
     if args.json:
-        print(json.dumps({"query": str(args.query), "boxes": boxes, "method": args.method,
-                          "results": [r.to_dict() for r in results]}))
+        say(json.dumps({"query": str(args.query), "boxes": boxes, "method": args.method,
+                        "results": [r.to_dict() for r in results]}))
     else:
         print_top(f"{args.query} ({args.method}):", results, args.top)
         if args.grid:
-            print(f"grid written to {args.grid}")
+            say(f"grid written to {args.grid}")
     return 0
+
+
+DEFAULT_RANKLIST = Path("ranklist.txt")
 
 
 def search_batch(args) -> int:
@@ -99,7 +173,7 @@ def search_batch(args) -> int:
                     boxes = read_box_file(box_file)
                 else:
                     eprint(f"{path.name}: no {box_file}, searching the whole image")
-            image = as_image(path)
+            image = as_image(path, max_pixels=args.max_pixels)
             results = index.search(image, boxes, method=args.method, top=None)
         except SpotitError as exc:
             failed.append(f"{path.name}: {exc}")
@@ -114,14 +188,14 @@ def search_batch(args) -> int:
             report.append({"query": path.name, "boxes": boxes, "results": [r.to_dict() for r in results[: args.top]]})
         else:
             print_top(f"Q{path.stem} ({args.method}):", results, min(args.top or 10, 10))
-    ranklist = args.ranklist or Path("ranklist.txt")
+    ranklist = args.ranklist or DEFAULT_RANKLIST
     write_ranklist(ranklist, lines)
     if args.json:
-        print(json.dumps({"method": args.method, "ranklist": str(ranklist), "queries": report, "failed": failed}))
+        say(json.dumps({"method": args.method, "ranklist": str(ranklist), "queries": report, "failed": failed}))
     else:
-        print(f"rank list of {len(lines)} queries x {len(index)} gallery images written to {ranklist}")
+        say(f"rank list of {len(lines)} queries x {len(index)} gallery images written to {ranklist}")
         if args.grid:
-            print(f"grids written to {args.grid}/")
+            say(f"grids written to {args.grid}/")
     if failed:
         eprint(f"{len(failed)} query(ies) failed:")
         for line in failed:
@@ -136,18 +210,18 @@ def cmd_demo(args) -> int:
     from .grid import save_grid
 
     made = make_demo(args.out, seed=args.seed)
-    print(f"demo gallery: {made['gallery']} ({sum(1 for _ in made['gallery'].iterdir())} photos)")
+    say(f"demo gallery: {made['gallery']} ({sum(1 for _ in made['gallery'].iterdir())} photos)")
     index = Index.open_or_create(args.out / "index", made["gallery"], [args.method], rebuild=True)
     report = index.update(progress=not args.quiet)
-    print(f"indexed {report.processed} images, {report.images_per_s:.1f} images/s")
+    say(f"indexed {report.processed} images, {report.images_per_s:.1f} images/s")
     image = as_image(made["query"])
     boxes = [made["box"]]
     results = index.search(image, boxes, method=args.method, top=10)
     print_top(f"query {made['query']} with box {','.join(map(str, made['box']))} ({args.method}):", results)
     found = sum(hit.id in made["relevant"] for hit in results[: len(made["relevant"])])
-    print(f"{found} of the {len(made['relevant'])} photos with the pasted cup are in the top {len(made['relevant'])}")
+    say(f"{found} of the {len(made['relevant'])} photos with the pasted cup are in the top {len(made['relevant'])}")
     grid = save_grid(args.out / "demo-grid.png", image, boxes, results)
-    print(f"grid written to {grid}")
+    say(f"grid written to {grid}")
     return 0
 
 
@@ -156,9 +230,9 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, format_result
 
     result = evaluate(args.dataset, args.method, args.index, args.backbone, args.max_queries, progress=not args.quiet)
-    print(format_result(result))
+    say(format_result(result))
     if args.json:
-        print(json.dumps(result))
+        say(json.dumps(result))
     return 0
 
 
@@ -168,80 +242,158 @@ def cmd_make_clutter(args) -> int:
     config = ClutterConfig(objects=args.objects, distractor_scenes=args.distractor_scenes,
                            distractor_objects=args.distractor_objects, seed=args.seed)
     made = make_clutter(args.objects_set, args.scenes, args.out, config, progress=not args.quiet)
-    print(f"wrote {made['queries']} boxed queries and {made['gallery']} gallery images to {made['out']}")
+    say(f"wrote {made['queries']} boxed queries and {made['gallery']} gallery images to {made['out']}")
     return 0
 
 
 # ---- parser ----------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spotit", description="Find the gallery photos that show the same object as a query.")
-    parser.add_argument("--version", action="version", version=f"spotit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+EXAMPLES = {
+    "index": """examples:
+  spotit index ~/Pictures/gallery                      # first run: every photo; later runs: new and changed ones
+  spotit index ~/Pictures/gallery --index ~/idx --method all
+  spotit index /mnt/new/gallery --index ~/idx --moved  # the gallery folder moved: keep its features
+  spotit index ~/Pictures/gallery --rebuild            # start the index anew
 
-    p = sub.add_parser("index", help="extract and store the features of every image in a gallery folder")
+An interrupted run (Ctrl-C) keeps every finished photo; run the same command to resume. One update runs
+at a time per index: a second is refused (or waits with --wait); searches go on during an update.""",
+    "search": """examples:
+  spotit search mug.jpg --box 120,80,200,160                   # the gallery ranked for the boxed mug, top 10
+  spotit search mug.jpg --box -20,80,200,160 --top 20 --json   # a box may stick out of the photo a little
+  spotit search mug.jpg --box 120,80,200,160 --grid result.png
+  spotit search --queries query/ --boxes query_txt/ --ranklist rankList.txt   # batch: the assignment's layout""",
+    "demo": """example:
+  spotit demo --out spotit-demo     # gallery, query, index and demo-grid.png in ./spotit-demo""",
+    "eval": """examples:
+  spotit eval ../shared/datasets/holidays-dev --method hybrid
+  spotit eval path/to/set --method sift --max-queries 30 --json""",
+    "make-clutter": """example:
+  spotit bench make-clutter ukbench-dev holidays-dev clutter-mine --seed 0""",
+}
+
+
+def subcommand(sub, name: str, help: str, description: str, func):
+    parser = sub.add_parser(name, help=help, description=description, epilog=EXAMPLES.get(name),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spotit", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Find the gallery photos that show the same object as a query photo (often boxed).",
+        epilog="""quick start:
+  spotit index ~/Pictures/gallery                   # extract the features of every photo, once
+  spotit search mug.jpg --box 120,80,200,160        # the photos that show this mug, best first
+
+`spotit COMMAND --help` explains each command.""")
+    parser.add_argument("--version", action="version", version=f"spotit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = subcommand(sub, "index", "extract and store the features of every photo in a gallery folder",
+                   "Index a gallery folder (recursively): extract the features of new and changed photos, drop "
+                   "deleted ones. The index is a folder of its own, outside the gallery.", cmd_index)
     p.add_argument("gallery", type=Path, help="folder of photos (searched recursively)")
     add_index_arg(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=[*METHODS, "all"],
-                   help=f"search methods the index serves (default: {DEFAULT_METHOD}); all: every method")
+                   help=f"search methods the index serves (default: {DEFAULT_METHOD}, which also serves regional); all: every method")
     p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
     p.add_argument("--weights", type=Path, help="weights file for the backbone (resnet18: torchvision's resnet18-f37072fd.pth)")
-    p.add_argument("--rebuild", action="store_true", help="delete the index and build it anew")
+    p.add_argument("--rebuild", action="store_true",
+                   help="empty the index and extract every photo again; deletes only spotit's own files in the "
+                        "index folder (manifest, shards, derived arrays), never the gallery or other files")
+    p.add_argument("--moved", action="store_true",
+                   help="the gallery folder was moved or renamed to GALLERY: re-point the index to it, keeping the "
+                        "features of photos whose size and time are unchanged")
+    p.add_argument("--wait", action="store_true", help="if another update of this index is running, wait for it instead of stopping")
+    add_max_pixels_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="rank the gallery for a query image (or a folder of boxed queries)")
+    p = subcommand(sub, "search", "rank the gallery for a query photo (or a folder of boxed queries)",
+                   "Rank the indexed gallery for a query photo, cropped to its boxes, and print the best matches. "
+                   "Batch mode (--queries) ranks the whole gallery for every query and writes a rank list whose "
+                   "ids follow the rule in the README (names with commas, quotes or colons are JSON-quoted).",
+                   cmd_search)
     p.add_argument("query", nargs="?", type=Path, help="query image")
     p.add_argument("--box", action="append", metavar="X,Y,W,H",
-                   help="crop the query to this box (pixels, top-left origin); repeat for several instances")
+                   help="crop the query to this box (pixels, top-left origin; negative x or y allowed); "
+                        "repeat for several instances")
     add_index_arg(p)
     p.add_argument("--method", choices=list(METHODS),
                    help=f"ranking method (default: {DEFAULT_METHOD} if the index serves it)")
-    p.add_argument("--top", type=int, default=10, help="results to show (default: 10)")
+    p.add_argument("--top", type=positive_int, default=10, help="results to show (default: 10)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--grid", type=Path, help="write a PNG of the query and its 10 best results (a folder in batch mode)")
     p.add_argument("--queries", type=Path, help="batch mode: folder of query images")
     p.add_argument("--boxes", type=Path, help="batch mode: folder of NAME.txt box files, one 'x y w h' line per box")
-    p.add_argument("--ranklist", type=Path, help="batch mode: rank list to write (default: ranklist.txt)")
+    p.add_argument("--ranklist", type=Path, help=f"batch mode: rank list to write (default: {DEFAULT_RANKLIST})")
     p.add_argument("--weights", type=Path, help="backbone weights, if the index was built with --weights")
+    add_max_pixels_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("demo", help="build a demo gallery from real photos, index it and search it")
+    p = subcommand(sub, "demo", "build a demo gallery from real photos, index it and search it",
+                   "Build a 20-photo demo gallery from the sample photos that ship with scikit-image, index it, "
+                   "search it for a boxed cup and draw the result. Works offline.", cmd_demo)
     p.add_argument("--out", type=Path, default=Path("spotit-demo"), help="folder for the demo (default: ./spotit-demo)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the demo gallery")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("eval", help="measure quality and speed on a benchmark set")
+
+    p = subcommand(sub, "eval", "measure quality and speed on a benchmark set",
+                   "Index a benchmark set (cached), run every query and print mAP, precision, N-S and speed.", cmd_eval)
     p.add_argument("dataset", type=Path, help="benchmark folder (images/+groundtruth.json, assignment layout, or revisited Oxford/Paris)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
     p.add_argument("--index", type=Path, default=None, help="index folder (default: one per dataset in the cache folder)")
     p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
-    p.add_argument("--max-queries", type=int, default=None, help="evaluate at most N queries, evenly spread (slow methods)")
+    p.add_argument("--max-queries", type=positive_int, default=None, help="evaluate at most N queries, evenly spread (slow methods)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON holding every figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="benchmark tools")
-    bench = p.add_subparsers(dest="bench_command", required=True)
-    p = bench.add_parser("make-clutter", help="paste object views into scene photos: a boxed-query benchmark")
+    p = subcommand(sub, "bench", "benchmark tools (make-clutter)", "Tools that make benchmark sets.", None)
+    bench = p.add_subparsers(dest="bench_command", metavar="TOOL", required=True)
+    p = subcommand(bench, "make-clutter", "paste object views into scene photos: a boxed-query benchmark",
+                   "Paste views of objects into scene photos: a boxed-query benchmark in the assignment's layout, "
+                   "with placements.json saying where each view lies. Deterministic for a seed.", cmd_make_clutter)
     p.add_argument("objects_set", metavar="OBJECTS", type=Path, help="set with images/ + groundtruth.json grouping views of objects")
     p.add_argument("scenes", metavar="SCENES", type=Path, help="folder (or set) of scene photos")
     p.add_argument("out", metavar="OUT", type=Path, help="new folder for the benchmark")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--objects", type=int, default=60, help="objects with a boxed query (default: 60)")
+    p.add_argument("--objects", type=positive_int, default=60, help="objects with a boxed query (default: 60)")
     p.add_argument("--distractor-scenes", type=int, default=300, help="gallery scenes without an object (default: 300)")
     p.add_argument("--distractor-objects", type=int, default=60, help="other objects pasted as distractors (default: 60)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_make_clutter)
     return parser
 
 
+def join_negative_boxes(argv: list[str]) -> list[str]:
+    """`--box -50,-50,100,100` -> `--box=-50,-50,100,100`: argparse takes a value starting with '-' for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--box" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"--box={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # `kill` stops an update as Ctrl-C does: finished photos are committed first
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "top", 1) is not None and getattr(args, "top", 1) < 1:
-        eprint("spotit: error: --top must be at least 1")
-        return 2
+    parser = build_parser()
+    argv = join_negative_boxes(sys.argv[1:] if argv is None else list(argv))
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, interrupt_on_sigterm) if on_main_thread else None
     started = time.perf_counter()
     try:
         code = args.func(args)
@@ -251,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         eprint("spotit: interrupted")
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
     eprint(f"{args.command} took {time.perf_counter() - started:.1f} s")
     return code
 

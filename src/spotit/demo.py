@@ -59,11 +59,17 @@ def paste(scene: Image.Image, obj: Image.Image, rng: np.random.Generator, area: 
     return scene, (x, y, size[0], size[1])
 
 
+DEMO_MARKER = "spotit-demo.txt"  # a later run may overwrite only a folder that bears it
+
+
 def make_demo(out: str | Path, seed: int = 0) -> dict:
     """Write out/gallery/*.jpg, out/query.jpg and out/query.txt; returns what was made and where each object is."""
     out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DEMO_MARKER).is_file())):
+        raise SpotitError(f"{out} exists and is not a spotit demo folder; give a new folder with --out")
     gallery = out / "gallery"
     gallery.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("made by `spotit demo`; running it again replaces this folder's demo files\n")
     rng = np.random.default_rng(seed)
     scenes = [load_photo(name) for name in SCENES]
     truth: dict[str, list[str]] = {}

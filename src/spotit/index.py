@@ -8,30 +8,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from . import backbones, global_features, local_features, rerank
+from . import backbones, global_features, local_features
 from .errors import SpotitError
-from .images import Box, ImageError, as_image, check_box, image_id, list_images, load_image
+from .images import DEFAULT_MAX_PIXELS, Box, as_image, check_box
 from .local_features import SiftExtractor
-from .matching import ratio_matches
-from .ranking import rank
-from .store import Store
-from .whitening import Whitening
+from .lock import WriterLock
+from .searcher import METHOD_KINDS, Result, Searcher, Snapshot
+from .store import SnapshotGone, Store, check_index_folder
+from .updater import DENSE_KINDS, Updater, UpdateReport
 
-# search method -> the feature kinds it reads from the index
-METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "regional": ["regions"], "hybrid": ["regions", "verify"]}
+__all__ = ["Index", "Result", "UpdateReport", "METHODS", "DEFAULT_METHOD", "default_index_dir", "parse_methods"]
+
 METHODS = tuple(METHOD_KINDS)
 DEFAULT_METHOD = "hybrid"
-DENSE_KINDS = ("global", "regions")
 
 
 def feature_settings(backbone: str, confs: dict) -> dict:
@@ -65,52 +62,12 @@ def parse_methods(method: str) -> list[str]:
     return [method]
 
 
-@dataclass
-class Result:
-    id: str  # gallery file name relative to the gallery, without extension
-    path: str  # absolute path of the gallery image
-    score: float
-    inliers: int | None = None  # hybrid: geometrically consistent matches with the query
-    quad: np.ndarray | None = None  # hybrid, verified: the query box's corners in this image (4, 2)
-
-    @property
-    def box(self) -> Box | None:
-        """Bounding box (x, y, w, h) of where the object lies in this gallery image, when verified."""
-        if self.quad is None:
-            return None
-        x0, y0 = np.floor(self.quad.min(axis=0)).astype(int)
-        x1, y1 = np.ceil(self.quad.max(axis=0)).astype(int)
-        return (int(x0), int(y0), int(x1 - x0), int(y1 - y0))
-
-    def to_dict(self) -> dict:
-        out = {"id": self.id, "path": self.path, "score": round(float(self.score), 6)}
-        if self.inliers is not None:
-            out["inliers"] = self.inliers
-        if self.quad is not None:
-            out["box"] = list(self.box)
-            out["quad"] = np.round(self.quad, 1).tolist()
-        return out
-
-
-@dataclass
-class UpdateReport:
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    seconds: float = 0.0
-
-    @property
-    def processed(self) -> int:
-        return self.added + self.updated
-
-    @property
-    def images_per_s(self) -> float:
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-
 class Index:
+    """A gallery's index: the friendly facade over its storage, the updater and the searcher.
+
+    Searches read the latest committed state and never write; `update` is the one writer (an OS lock
+    refuses a second one). Both may run at once, in any number of processes."""
+
     def __init__(self, store: Store, weights: str | os.PathLike | None = None):
         manifest = store.manifest
         try:
@@ -127,7 +84,8 @@ class Index:
         self._weights = weights
         self._backbone = None
         self._extractors: dict = {}
-        self._cache: dict = {}
+        self._snapshot: Snapshot | None = None
+        self._swap = threading.Lock()
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -141,63 +99,87 @@ class Index:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> "Index":
+        """Open an index for searching (it may be read-only)."""
         return cls(Store.open(path or default_index_dir()), weights)
 
     @classmethod
     def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None,
-               confs: dict | None = None) -> "Index":
-        """`confs` overrides the named configuration of a feature kind, e.g. {"regions": "gem-672"}."""
-        confs = {**DEFAULT_CONFS, **(confs or {})}
-        backbones.check_backbone(backbone)
-        gallery = Path(gallery).resolve()
-        if not gallery.is_dir():
-            raise SpotitError(f"gallery folder not found: {gallery}")
-        path = Path(path or default_index_dir()).resolve()
-        if path == gallery or gallery in path.parents:
-            raise SpotitError(f"the index {path} must be outside the gallery {gallery}")
-        settings = {
-            "gallery": str(gallery),
-            "methods": sorted(set(methods)),
-            "backbone": backbone,
-            "weights": str(Path(weights).resolve()) if weights else None,
-            "weights_sha256": None,
-            "confs": confs,
-            "feature_settings": feature_settings(backbone, confs),
-        }
-        return cls(Store.create(path, settings), weights)
+               confs: dict | None = None, wait: bool = False) -> "Index":
+        """A new, empty index at `path` (absent or an empty folder). `confs` overrides the named configuration
+        of a feature kind, e.g. {"regions": "gem-672"}."""
+        return cls.open_or_create(path, gallery, methods, backbone, weights, confs=confs, wait=wait, _new=True)
 
     @classmethod
     def open_or_create(cls, path=None, gallery=None, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE,
-                       weights=None, rebuild=False, confs: dict | None = None) -> "Index":
-        """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one."""
-        path = Path(path or default_index_dir())
-        if rebuild and Store.exists(path):
-            import shutil
+                       weights=None, rebuild=False, confs: dict | None = None, moved: bool = False,
+                       wait: bool = False, _new: bool = False) -> "Index":
+        """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one.
 
-            shutil.rmtree(path)
-        if not Store.exists(path):
-            return cls.create(path, gallery, methods, backbone, weights, confs)
-        index = cls.open(path, weights)
-        manifest = index.store.manifest
-        if gallery is not None and Path(gallery).resolve() != Path(manifest["gallery"]):
-            raise SpotitError(
-                f"index {path} belongs to gallery {manifest['gallery']}; "
-                f"use another --index for {Path(gallery).resolve()}, or --rebuild to replace it"
-            )
-        if backbone != manifest["backbone"]:
-            raise SpotitError(
-                f"index {path} was built with backbone {manifest['backbone']}, not {backbone}; "
-                f"use another --index, or --rebuild"
-            )
-        new_methods = sorted(set(manifest["methods"]) | set(methods))
-        if new_methods != manifest["methods"]:
-            # every image must hold every kind of feature, so adding a method re-extracts all
-            manifest["methods"] = new_methods
-            for entry in manifest["images"].values():
-                entry["stale"] = True
-            index.store.commit()
+        `rebuild` empties it first (spotit's own files only); `moved` re-points it to `gallery` when the
+        gallery folder was moved, keeping the features of unchanged photos; `wait` waits for another writer."""
+        path = Path(path or default_index_dir()).absolute()
+        check_index_folder(path)
+        gallery_path = Path(gallery).resolve() if gallery is not None else None
+        if gallery_path is not None:
+            if not gallery_path.is_dir():
+                raise SpotitError(f"gallery folder not found: {gallery_path}")
+            if path.resolve() == gallery_path or gallery_path in path.resolve().parents:
+                raise SpotitError(f"the index {path} must be outside the gallery {gallery_path}")
+        if _new and Store.exists(path):
+            raise SpotitError(f"{path} already holds an index; open it, or rebuild it")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpotitError(f"cannot create the index folder {path}: {exc.strerror}") from None
+        with WriterLock(path).acquire(wait):
+            if Store.exists(path) and not rebuild:
+                store = Store.open(path)
+            else:
+                if gallery_path is None:
+                    raise SpotitError("give the gallery folder to build a new index")
+                confs = {**DEFAULT_CONFS, **(confs or {})}
+                backbones.check_backbone(backbone)
+                old = Store.open(path) if Store.exists(path) else None
+                store = Store.create(path, {
+                    "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
+                    "weights": str(Path(weights).resolve()) if weights else None, "weights_sha256": None,
+                    "confs": confs, "feature_settings": feature_settings(backbone, confs),
+                    "next_shard": old.manifest.get("next_shard", 0) if old else 0,
+                })
+                store.remove_unused()  # a rebuild: the old state's files, now that nothing points to them
+                return cls(store, weights)
+            index = cls(store, weights)
+            index._adopt(gallery_path, methods, backbone, moved)
         return index
 
+    def _adopt(self, gallery: Path | None, methods, backbone: str, moved: bool) -> None:
+        """Check an existing index against what the caller asked for; add methods, re-point a moved gallery."""
+        manifest, root = self.manifest, self.store.root
+        if gallery is not None and gallery != Path(manifest["gallery"]):
+            if not moved:
+                raise SpotitError(
+                    f"index {root} belongs to gallery {manifest['gallery']}; if that folder was moved to {gallery}, "
+                    f"add --moved to re-point the index; else use another --index, or --rebuild to replace it"
+                )
+            manifest["gallery"] = str(gallery)
+        elif moved:
+            raise SpotitError(f"--moved: index {root} already belongs to {manifest['gallery']}")
+        if backbone != manifest["backbone"]:
+            raise SpotitError(
+                f"index {root} was built with backbone {manifest['backbone']}, not {backbone}; "
+                f"use another --index, or --rebuild"
+            )
+        wanted, built = set(methods) - set(self.methods), self.kinds
+        if wanted:
+            manifest["methods"] = sorted(set(manifest["methods"]) | wanted)
+            if set(kinds_of(wanted)) - set(built):
+                # every image must hold every kind of feature, so a method needing new kinds re-extracts all
+                for entry in manifest["images"].values():
+                    entry["stale"] = True
+        if wanted or moved:
+            self.store.commit()
+
+    # ---- what it holds -------------------------------------------------------------------------
     @property
     def manifest(self) -> dict:
         return self.store.manifest
@@ -207,8 +189,15 @@ class Index:
         return Path(self.manifest["gallery"])
 
     @property
-    def methods(self) -> list[str]:
+    def methods_built(self) -> list[str]:
+        """The methods the index was asked to serve (its features are those they need)."""
         return self.manifest["methods"]
+
+    @property
+    def methods(self) -> list[str]:
+        """Every method the stored features serve: a hybrid index also serves `regional`."""
+        kinds = set(self.kinds)
+        return [m for m in METHODS if set(METHOD_KINDS[m]) <= kinds]
 
     @property
     def default_method(self) -> str:
@@ -217,7 +206,7 @@ class Index:
 
     @property
     def kinds(self) -> list[str]:
-        return sorted({kind for method in self.methods for kind in METHOD_KINDS[method]})
+        return kinds_of(self.methods_built)
 
     def __len__(self) -> int:
         return len(self.manifest["images"])
@@ -233,8 +222,6 @@ class Index:
                     f"index {self.store.root} was built with other {self.manifest['backbone']} weights; "
                     f"pass the same --weights, or rebuild"
                 )
-            if not expected:
-                self.manifest["weights_sha256"] = backbone.weights_sha256
             self._backbone = backbone
         return self._backbone
 
@@ -251,262 +238,100 @@ class Index:
                 self._extractors[kind] = SiftExtractor(conf)
         return self._extractors[kind]
 
-    def _extract(self, image: np.ndarray) -> dict:
+    def load_extractors(self) -> None:
+        for kind in self.kinds:
+            self.extractor(kind)
+
+    @property
+    def uses_cnn(self) -> bool:
+        return any(kind in DENSE_KINDS for kind in self.kinds)
+
+    def extract(self, image: np.ndarray) -> dict:
+        """Every feature kind the index stores, of one gallery image."""
         out = {}
         for kind in self.kinds:
             extractor = self.extractor(kind)
             out[kind] = extractor.gallery(image) if kind == "regions" else extractor(image)
         return out
 
-    # ---- updating ------------------------------------------------------------------------------
-    def plan(self) -> tuple[list[str], list[str], list[str]]:
-        """(new files, changed files, vanished files) relative to the gallery."""
-        images = self.manifest["images"]
-        new, changed = [], []
-        for name in list_images(self.gallery):
-            entry = images.get(name)
-            if entry is None:
-                new.append(name)
-                continue
-            stat = (self.gallery / name).stat()
-            if entry.get("stale") or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
-                changed.append(name)
-        present = set(new) | set(changed) | {n for n in images if (self.gallery / n).is_file()}
-        gone = sorted(set(images) - present)
-        return new, changed, gone
-
-    def _load_and_extract(self, name: str):
-        path = self.gallery / name
-        try:
-            stat = path.stat()
-            image = load_image(path)
-        except (ImageError, OSError) as exc:
-            return name, None, str(exc).removeprefix(f"{path}: ")
-        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
-        return name, stamp, self._extract(image)
-
-    def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None) -> UpdateReport:
-        """Extract features of new and changed gallery images, drop vanished ones.
-
-        Finished work is committed every `shard_size` images, so an interrupted update resumes there.
-        Images are decoded and described on `workers` threads (OpenCV and onnxruntime release the GIL).
-        """
-        report = UpdateReport()
-        self.store.remove_orphans()
-        new, changed, gone = self.plan()
-        images = self.manifest["images"]
-        for name in gone:
-            del images[name]
-        report.removed = len(gone)
-        report.unchanged = len(images) - len(changed)
-        if gone:
-            self.store.commit()
-        todo = new + changed
-        for kind in self.kinds if todo else []:
-            self.extractor(kind)  # loads (or exports) the model before the clock starts
-        started = time.perf_counter()
-        done: list[tuple[str, dict, dict]] = []
-
-        def flush():
-            if not done:
-                return
-            features = {}
-            for kind in self.kinds:
-                column = [feats[kind] for _, _, feats in done]
-                features[kind] = np.stack(column) if kind in DENSE_KINDS else column
-            shard = self.store.write_shard([name for name, _, _ in done], features)
-            for row, (name, stamp, _) in enumerate(done):
-                if name in images:
-                    report.updated += 1
-                else:
-                    report.added += 1
-                images[name] = {"shard": shard, "row": row, **stamp}
-            self.store.commit()
-            done.clear()
-
-        workers = workers or min(2, os.cpu_count() or 1)
+    @contextlib.contextmanager
+    def worker_threads(self, workers: int):
+        """One thread per worker inside onnxruntime and OpenCV while `workers` threads extract: their own
+        pools beside two workers oversubscribe the cores. Searches get every core back afterwards."""
         opencv_threads = cv2.getNumThreads()
         if workers > 1:
-            # one thread per worker inside onnxruntime and OpenCV beats oversubscribed cores
-            # (OpenCV's own pool beside two workers: 6.8 images/s instead of 7.5)
             cv2.setNumThreads(1)
             if self._backbone is not None:
                 self._backbone.set_threads(1)
-        bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
         try:
-            with ThreadPoolExecutor(workers) as pool:
-                for start in range(0, len(todo), shard_size):
-                    for name, stamp, result in pool.map(self._load_and_extract, todo[start : start + shard_size]):
-                        bar.update()
-                        if stamp is None:
-                            report.skipped.append((name, result))
-                        else:
-                            done.append((name, stamp, result))
-                    flush()
+            yield
         finally:
-            bar.close()
-            # searches run one image at a time: give them every core again
             cv2.setNumThreads(opencv_threads)
             if self._backbone is not None and self._backbone.threads != 0:
                 self._backbone.set_threads(0)
-        report.seconds = time.perf_counter() - started
-        self.manifest["skipped"] = dict(report.skipped)
-        if report.processed:
-            self.manifest["images_per_s"] = report.images_per_s
-        self.store.commit()
-        self._compact_if_sparse()
-        self._cache.clear()
-        if "regions" in self.kinds and (report.processed or report.removed or self.store.read_arrays("regions-whitened") is None):
-            self._whiten_regions()
-        return report
 
-    def _whiten_regions(self) -> None:
-        """Learn PCA-whitening from the gallery's region descriptors and store them whitened."""
-        names, regions = self.store.load_dense("regions")
-        flat = regions.reshape(-1, regions.shape[-1]).astype(np.float32) if names else np.zeros((0, 1), np.float32)
-        conf = self.manifest["feature_settings"]["regions"]
-        whitening = Whitening.fit(flat, conf["whiten"], conf["whiten_power"]) if names else None
-        matrix = whitening(flat) if whitening else flat
-        arrays = {"names": np.array(names, dtype=str), "matrix": matrix.astype(np.float16),
-                  "regions_per_image": np.array(regions.shape[1] if names else 0)}
-        if whitening:
-            arrays.update(mean=whitening.mean, projection=whitening.projection)
-        self.store.write_arrays("regions-whitened", arrays)
+    # ---- updating ------------------------------------------------------------------------------
+    def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None, wait: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> UpdateReport:
+        """Extract features of new and changed gallery images, drop vanished ones.
 
-    def _compact_if_sparse(self) -> None:
-        """Rewrite shards once more than half of their rows belong to removed or re-extracted images."""
-        totals = self.store.shard_rows()
-        live = len(self.manifest["images"])
-        if not totals or sum(totals.values()) <= 2 * live:
-            return
-        names = sorted(self.manifest["images"])
-        features = {}
-        for kind in self.kinds:
-            if kind in DENSE_KINDS:
-                features[kind] = self.store.load_dense(kind)[1]
-            else:
-                local = self.store.load_local(kind)
-                features[kind] = [local[n] for n in names]
-        shard = self.store.write_shard(names, features)
-        for row, name in enumerate(names):
-            self.manifest["images"][name].update(shard=shard, row=row)
-        self.store.commit()
-        self.store.remove_orphans()
+        Finished work is committed every `shard_size` images and when interrupted, so an interrupted
+        update keeps it and resumes there. Another running update is refused, or awaited with `wait`."""
+        with WriterLock(self.store.root).acquire(wait):
+            writer = self.store.reload()  # the latest state: another writer may have committed since we opened
+            self._check_same_index(writer)
+            try:
+                return Updater(self, writer, max_pixels).run(progress, shard_size, workers)
+            finally:
+                self.store = writer
+
+    def _check_same_index(self, store: Store) -> None:
+        if store.manifest.get("feature_settings") != self.manifest.get("feature_settings") \
+                or store.manifest.get("gallery") != self.manifest.get("gallery"):
+            raise SpotitError(f"index {store.root} was rebuilt or re-pointed by another process; open it again")
 
     # ---- searching -----------------------------------------------------------------------------
-    def _dense(self, kind: str) -> tuple[list[str], np.ndarray]:
-        if kind not in self._cache:
-            names, matrix = self.store.load_dense(kind)
-            self._cache[kind] = (names, matrix.astype(np.float32))
-        return self._cache[kind]
+    def snapshot(self) -> Snapshot:
+        """The latest committed state, re-read only when a writer has committed since (one stat)."""
+        with self._swap:
+            if self._snapshot is None or self._snapshot.store.changed():
+                store = self.store if not self.store.changed() else self.store.reload()
+                self._check_same_index(store)
+                self.store = store
+                self._snapshot = Snapshot(store)
+            return self._snapshot
 
-    def _require(self, method: str) -> None:
+    def _require(self, method: str, snap: Snapshot) -> None:
         if method not in METHODS:
             raise SpotitError(f"unknown search method {method!r}; choose one of: {', '.join(METHODS)}")
         if method not in self.methods:
             raise SpotitError(
-                f"index {self.store.root} was built with method {', '.join(self.methods)}, not {method}; "
+                f"index {self.store.root} serves {', '.join(self.methods)}, not {method}; "
                 f"run `spotit index {self.gallery} --method {method}` to add it"
             )
-        if not self.manifest["images"]:
+        if not snap.names:
             raise SpotitError(f"index {self.store.root} holds no images; run `spotit index GALLERY` first")
 
-    def cnn_scores(self, query: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Seed CNN: cosine similarity of global descriptors."""
-        names, matrix = self._dense("global")
-        return names, matrix @ self.extractor("global")(query)
-
-    def _whitened_regions(self) -> tuple[list[str], np.ndarray, Whitening | None, int]:
-        if "whitened" not in self._cache:
-            data = self.store.read_arrays("regions-whitened")
-            if data is None or sorted(self.manifest["images"]) != data["names"].tolist():
-                self._whiten_regions()  # missing or stale (e.g. an interrupted update): rebuild it
-                data = self.store.read_arrays("regions-whitened")
-            whitening = Whitening(data["mean"], data["projection"]) if "mean" in data else None
-            columns = np.ascontiguousarray(data["matrix"].T, dtype=np.float32)  # as rerank.region_scores wants
-            self._cache["whitened"] = (data["names"].tolist(), columns, whitening, int(data["regions_per_image"]))
-        return self._cache["whitened"]
-
-    def regional_scores(self, query: np.ndarray, photo_side: int | None = None):
-        """Best cosine similarity between the query and any region of each gallery image, in the whitened
-        space: (names, upright scores, best scores of the rotated query, whitened upright query vector).
-        `photo_side`: longest side of the photo the query was cropped from."""
-        names, columns, whitening, per_image = self._whitened_regions()
-        conf = rerank.confs[self.search_conf]
-        descriptors = self.extractor("regions").query(query, photo_side, conf["query_rotations"], conf["rotated_scale"])
-        if whitening is not None:
-            descriptors = whitening(descriptors)
-        sims = rerank.region_scores(columns, per_image, descriptors)
-        rotated = sims[1:].max(axis=0) if len(sims) > 1 else np.full(len(names), -np.inf)
-        return names, sims[0], rotated, descriptors[0]
-
-    def sift_scores(self, query: np.ndarray, progress: bool = False) -> tuple[list[str], np.ndarray]:
-        """Seed SIFT: ratio-test match counts against every gallery image."""
-        if "sift" not in self._cache:
-            self._cache["sift"] = self.store.load_local("sift")
-        gallery = self._cache["sift"]
-        names = sorted(gallery)
-        features = self.extractor("sift")(query)
-        counts = [len(ratio_matches(features.descriptors, gallery[n].descriptors))
-                  for n in tqdm(names, desc="matching", disable=not progress)]
-        return names, np.array(counts, np.float32)
-
-    def _search_crop(self, crop: np.ndarray, method: str, progress: bool, photo_side: int):
-        """(names, scores, verifications or None) for one query crop."""
-        if method == "cnn":
-            return (*self.cnn_scores(crop), None)
-        if method == "sift":
-            return (*self.sift_scores(crop, progress), None)
-        if method == "regional":
-            names, scores, _, _ = self.regional_scores(crop, photo_side)
-            return names, scores, None
-        # the query's SIFT (OpenCV, no GIL) runs beside the CNN
-        with ThreadPoolExecutor(1) as pool:
-            query_local = pool.submit(self.extractor("verify"), crop)
-            names, scores, rotated, query_vector = self.regional_scores(crop, photo_side)
-            query_local = query_local.result()
-        if "verify_reader" not in self._cache:
-            self._cache["verify_reader"] = self.store.local_reader("verify")
-        _, columns, _, per_image = self._whitened_regions()
-        if "sides" not in self._cache:  # longest side of each gallery photo, for the fit's pixel threshold
-            images = self.manifest["images"]
-            self._cache["sides"] = [max(images[n]["width"], images[n]["height"]) for n in names]
-        sides = self._cache["sides"]
-        scores, checks = rerank.rerank(
-            query_local, names, scores, rotated, self._cache["verify_reader"], sides,
-            rerank.confs[self.search_conf], columns, per_image, query_vector,
-        )
-        return names, scores, checks
-
     def search(self, query, boxes: list[Box] | None = None, method: str | None = None, top: int | None = 10,
-               progress: bool = False) -> list[Result]:
+               progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Result]:
         """Rank the gallery for a query path or RGB array, cropped to each box; several boxes merge by best score.
 
         top=None ranks the whole gallery; method=None is the index's default method. With `hybrid`,
         verified results carry `inliers` and `quad`/`box`: where the query box lands in that gallery image.
-        """
-        method = method or self.default_method
-        self._require(method)
-        image = as_image(query)
+        Results whose photo was deleted or changed since indexing say so in `stale`."""
+        image = as_image(query, max_pixels=max_pixels)
         boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes or []]
-        crops = [image[y : y + h, x : x + w] for x, y, w, h in boxes] or [image]
-        per_crop = [self._search_crop(crop, method, progress, max(image.shape[:2])) for crop in crops]
-        names = per_crop[0][0]
-        stacked = np.stack([scores for _, scores, _ in per_crop])
-        best_crop = stacked.argmax(axis=0)
-        merged = stacked.max(axis=0)
-        order = rank(merged)
-        if top is not None:
-            order = order[:top]
-        results = []
-        gallery = str(self.gallery)  # one Path for all results: top=None builds thousands
-        for i in order:
-            result = Result(image_id(names[i]), os.path.join(gallery, names[i]), float(merged[i]))
-            checks = per_crop[best_crop[i]][2]
-            if checks is not None:
-                check = checks.get(i)
-                result.inliers = check.inliers if check else 0
-                crop = crops[best_crop[i]]
-                result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
-            results.append(result)
-        return results
+        searcher = Searcher(self.extractor, self.search_conf)
+        for _ in range(5):
+            snap = self.snapshot()
+            method = method or self.default_method
+            self._require(method, snap)
+            try:
+                return searcher.search(snap, image, boxes, method, top, progress)
+            except SnapshotGone:
+                continue  # a writer committed and removed a file of this state: search the new one
+        raise SpotitError(f"index {self.store.root} changed during five searches in a row; try again")
+
+
+def kinds_of(methods) -> list[str]:
+    return sorted({kind for method in methods for kind in METHOD_KINDS[method]})

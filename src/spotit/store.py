@@ -1,79 +1,126 @@
 """On-disk index storage: a JSON manifest plus HDF5 feature shards, all written atomically.
 
 Layout of an index folder:
-    manifest.json      settings, and for every indexed image its file stamp and where its features are
-    shards/NNNNNN.h5   features of a batch of images: `names`, one dataset per dense feature kind
-                       (one row per name), and one group per local feature kind holding the ragged
-                       `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
+    manifest.json        the committed state: settings, and for every indexed image its file stamp and
+                         where its features are; `"kind": "spotit-index"` marks the folder as spotit's
+    shards/NNNNNN.h5     features of a batch of images: `names`, one dataset per dense feature kind
+                         (one row per name), and one group per local feature kind holding the ragged
+                         `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
+    regions-whitened-G.npz   derived: the whitening learned at commit G and the whitened region matrix
+    write.lock           held (flock) by the one process allowed to change the index
 
-A shard is written under a temporary name and renamed; the manifest that points to it is replaced the
-same way afterwards. An interrupted run therefore leaves the previous manifest and finished shards intact.
+Files are immutable once written: a writer adds new shards, then replaces the manifest that points to
+them (write, then rename). A reader therefore always holds one committed state. Files that no manifest
+points to any more are deleted only by the writer, after its commit; a reader that finds one gone knows
+the index moved on, and reloads.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .errors import SpotitError
+from .fileio import atomic_path, atomic_write_bytes
 from .local_features import LocalFeatures
+from .lock import LOCK_FILE
 
 FORMAT = 1
+KIND = "spotit-index"
 MANIFEST = "manifest.json"
+SHARD_NAME = re.compile(r"\d{6}\.h5")
+DERIVED_NAME = re.compile(r"regions-whitened(-\d+)?\.npz")
+TEMPORARY_NAME = re.compile(r"\..+\.tmp")  # fileio.atomic_path's names, left by a killed writer
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+class SnapshotGone(SpotitError):
+    """A file of the state this reader holds was removed by a writer's later commit: reload and retry."""
+
+
+def read_manifest(root: Path) -> dict | None:
+    """The manifest of a spotit index at `root`, or None when `root` holds no spotit index."""
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    # spotit 0.1 wrote no "kind"; its manifests are still recognisable by these two keys
+    if manifest.get("kind") == KIND or {"format", "spotit_version", "images"} <= manifest.keys():
+        return manifest
+    return None
+
+
+def check_index_folder(root: Path) -> None:
+    """Refuse to make an index in a place holding anything but a spotit index: spotit writes only where it owns."""
+    if root.exists() and not root.is_dir():
+        raise SpotitError(f"--index {root} is a file; give a folder for the index")
+    if root.is_dir() and read_manifest(root) is None and any(root.iterdir()):
+        raise SpotitError(
+            f"{root} is not a spotit index and is not empty; give a new or empty folder as --index "
+            f"(spotit never writes among other files)"
+        )
+
+
+def manifest_signature(root: Path) -> tuple | None:
+    """Changes whenever a commit replaces the manifest (a rename gives it a new inode)."""
+    try:
+        stat = (root / MANIFEST).stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 class Store:
-    def __init__(self, root: Path, manifest: dict):
+    def __init__(self, root: Path, manifest: dict, signature: tuple | None = None):
         self.root = Path(root)
         self.manifest = manifest
+        self.signature = signature
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def exists(cls, root: str | os.PathLike) -> bool:
-        return (Path(root) / MANIFEST).is_file()
+        return read_manifest(Path(root)) is not None
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Store":
         root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
+        for _ in range(5):  # a commit between the stat and the read: take the newer one
+            signature = manifest_signature(root)
+            manifest = read_manifest(root)
+            if signature == manifest_signature(root):
+                break
+        if manifest is None:
+            if root.is_dir() and (root / MANIFEST).is_file():
+                raise SpotitError(f"{root} holds a {MANIFEST} that is not a spotit index's")
             raise SpotitError(f"no index at {root}: build one with `spotit index GALLERY --index {root}`")
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SpotitError(f"index manifest {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            made_by = manifest.get("spotit_version", "an unknown version") if isinstance(manifest, dict) else "?"
+        if manifest.get("format") != FORMAT:
             raise SpotitError(
-                f"index at {root} was made by spotit {made_by} in another format; "
+                f"index at {root} was made by spotit {manifest.get('spotit_version', '?')} in another format; "
                 f"rebuild it with `spotit index GALLERY --index {root} --rebuild`"
             )
-        return cls(root, manifest)
+        return cls(root, manifest, signature)
+
+    def changed(self) -> bool:
+        """Whether a writer has committed since this state was read."""
+        return manifest_signature(self.root) != self.signature
+
+    def reload(self) -> "Store":
+        """The latest committed state (a new Store; this one keeps its snapshot)."""
+        return Store.open(self.root)
 
     @classmethod
     def create(cls, root: str | os.PathLike, settings: dict) -> "Store":
         from . import __version__
 
         root = Path(root)
-        manifest = {"format": FORMAT, "spotit_version": __version__, **settings, "next_shard": 0, "images": {}, "skipped": {}}
+        manifest = {"kind": KIND, "format": FORMAT, "spotit_version": __version__, **settings,
+                    "next_shard": 0, "generation": 0, "images": {}, "skipped": {}, "whitened": None}
         store = cls(root, manifest)
         store.commit()
         return store
@@ -84,17 +131,31 @@ class Store:
         return self.root / "shards"
 
     def commit(self) -> None:
+        """Publish the in-memory manifest as the index's state (writer only, under the write lock)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest["kind"] = KIND
+        self.manifest["generation"] = self.manifest.get("generation", 0) + 1
         atomic_write_bytes(self.root / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        self.signature = manifest_signature(self.root)
 
-    def remove_orphans(self) -> None:
-        """Delete shard files that no manifest entry points to (left by an interrupted run)."""
-        if not self.shard_dir.is_dir():
-            return
-        used = {entry["shard"] for entry in self.manifest["images"].values()}
-        for path in self.shard_dir.iterdir():
-            if path.name not in used:
-                path.unlink()
+    def own_files(self) -> list[Path]:
+        """Every file spotit made in this folder, by name; nothing else is ever deleted."""
+        files = [p for p in (self.root / MANIFEST, self.root / LOCK_FILE) if p.is_file()]
+        for folder in (self.root, self.shard_dir):
+            if folder.is_dir():
+                files += [p for p in folder.iterdir() if p.is_file() and (
+                    TEMPORARY_NAME.fullmatch(p.name) or (folder == self.root and DERIVED_NAME.fullmatch(p.name))
+                    or (folder == self.shard_dir and SHARD_NAME.fullmatch(p.name)))]
+        return files
+
+    def remove_unused(self) -> None:
+        """Delete spotit's files that the committed manifest no longer points to (writer only, after commit)."""
+        used = {entry["shard"] for entry in self.manifest["images"].values()} | {self.manifest.get("whitened")}
+        for path in self.own_files():
+            if path.name not in used and path.name not in (MANIFEST, LOCK_FILE):
+                path.unlink(missing_ok=True)
+        if self.shard_dir.is_dir() and not any(self.shard_dir.iterdir()):
+            self.shard_dir.rmdir()
 
     def write_shard(self, names: list[str], features: dict[str, np.ndarray | list[LocalFeatures]]) -> str:
         """Write the features of `names` to a new shard; returns its file name. The manifest is not changed.
@@ -105,24 +166,17 @@ class Store:
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         name = f"{self.manifest['next_shard']:06d}.h5"
         self.manifest["next_shard"] += 1
-        handle, tmp = tempfile.mkstemp(dir=self.shard_dir, prefix=name, suffix=".tmp")
-        os.close(handle)
-        try:
-            with h5py.File(tmp, "w") as out:
-                out.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-                for kind, data in features.items():
-                    if isinstance(data, np.ndarray):
-                        out.create_dataset(kind, data=data)
-                        continue
-                    group = out.create_group(kind)
-                    counts = [len(f) for f in data]
-                    group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-                    group.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in data] + [np.zeros((0, 4), np.float32)]))
-                    group.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in data] + [np.zeros((0, 128), np.uint8)]))
-            os.replace(tmp, self.shard_dir / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(self.shard_dir / name) as tmp, h5py.File(tmp, "w") as out:
+            out.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+            for kind, data in features.items():
+                if isinstance(data, np.ndarray):
+                    out.create_dataset(kind, data=data)
+                    continue
+                group = out.create_group(kind)
+                counts = [len(f) for f in data]
+                group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+                group.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in data] + [np.zeros((0, 4), np.float32)]))
+                group.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in data] + [np.zeros((0, 128), np.uint8)]))
         return name
 
     # ---- reading -------------------------------------------------------------------------------
@@ -133,12 +187,18 @@ class Store:
             by_shard.setdefault(entry["shard"], []).append((image, entry["row"]))
         return by_shard
 
+    def _gone_or(self, path: Path, exc: Exception) -> SpotitError:
+        """A file of this state that cannot be read: superseded by a writer's commit, or really damaged."""
+        if self.changed():
+            return SnapshotGone(f"{path} was replaced by a newer commit")
+        return SpotitError(f"index file {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`")
+
     def _read(self, shard: str):
         path = self.shard_dir / shard
         try:
             return h5py.File(path, "r")
         except OSError as exc:
-            raise SpotitError(f"index shard {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
+            raise self._gone_or(path, exc) from None
 
     def _missing(self, kind: str) -> SpotitError:
         return SpotitError(f"index at {self.root} holds no {kind} features; run `spotit index` with a method that needs them")
@@ -182,23 +242,30 @@ class Store:
                 totals[shard] = len(data["names"])
         return totals
 
-    def write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
-        """Derived data (e.g. the whitened descriptor matrix) as an .npz beside the manifest, atomically."""
+    def write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> str:
+        """Derived data as a new `.npz` beside the manifest (atomic); returns its file name for the manifest.
+
+        The name carries the generation it will be committed with, so readers of the previous state keep theirs."""
         import io
 
+        filename = f"{name}-{self.manifest.get('generation', 0) + 1}.npz"
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(self.root / f"{name}.npz", buffer.getvalue())
+        atomic_write_bytes(self.root / filename, buffer.getvalue())
+        return filename
 
-    def read_arrays(self, name: str) -> dict[str, np.ndarray] | None:
-        path = self.root / f"{name}.npz"
-        if not path.is_file():
+    def read_arrays(self, filename: str | None) -> dict[str, np.ndarray] | None:
+        """Derived data named by the manifest; None when there is none (callers derive it in memory)."""
+        if not filename:
             return None
+        path = self.root / filename
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
+        except FileNotFoundError as exc:
+            raise self._gone_or(path, exc) from None
         except (OSError, ValueError):
-            return None  # derived data: rebuilt from the shards
+            return None  # damaged derived data: derived again from the shards
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())

@@ -1,0 +1,84 @@
+"""Writing files the way a user expects: atomically (write, then rename) and with the user's umask."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import SpotitError
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), so threads never race."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a temporary path beside `path`; on success it replaces `path`, with mode 0666 less the umask.
+
+    mkstemp creates files as 0600 whatever the umask: without the chmod every output would be private."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _probe_writable(folder: Path, what: str, target: Path) -> None:
+    """Create and drop a file in `folder`: the one check that also holds for root and read-only mounts."""
+    if not folder.is_dir():
+        raise SpotitError(f"cannot write {what} {target}: {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SpotitError(f"cannot write {what} {target}: {exc.strerror or exc} in {folder}") from None
+
+
+def _first_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written (a folder, an unwritable place)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpotitError(f"{what} {path} is a folder; give a file name")
+    _probe_writable(_first_existing(path.parent), what, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpotitError(f"{what} {path} is a file, not a folder")
+    _probe_writable(_first_existing(path), what, path)
+    return path

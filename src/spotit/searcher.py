@@ -1,0 +1,210 @@
+"""Searching one committed state of an index (a snapshot) with the cnn, sift, regional and hybrid methods.
+
+A search holds one snapshot from start to end, so a writer's commit in the middle of it cannot mix two
+states; searches never write into the index, so a read-only index serves."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from . import rerank
+from .images import Box, assign_ids
+from .matching import ratio_matches
+from .ranking import rank
+from .store import Store
+from .whitening import Whitening
+
+# search method -> the feature kinds it reads from the index
+METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "regional": ["regions"], "hybrid": ["regions", "verify"]}
+
+
+@dataclass
+class Result:
+    id: str  # unique in the gallery: its relative path without extension (see images.assign_ids)
+    path: str  # absolute path of the gallery image
+    score: float
+    inliers: int | None = None  # hybrid: geometrically consistent matches with the query
+    quad: np.ndarray | None = None  # hybrid, verified: the query box's corners in this image (4, 2)
+    width: int | None = None  # size of the gallery photo, upright
+    height: int | None = None
+    stale: str | None = None  # "deleted" or "changed": the photo is no longer what was indexed
+
+    @property
+    def box(self) -> Box | None:
+        """Bounding box (x, y, w, h) of where the object lies in this gallery image, clipped to the photo."""
+        if self.quad is None:
+            return None
+        x0, y0 = np.floor(self.quad.min(axis=0)).astype(int)
+        x1, y1 = np.ceil(self.quad.max(axis=0)).astype(int)
+        if self.width and self.height:
+            x0, y0 = max(int(x0), 0), max(int(y0), 0)
+            x1, y1 = min(int(x1), self.width), min(int(y1), self.height)
+        return (int(x0), int(y0), int(max(x1 - x0, 0)), int(max(y1 - y0, 0)))
+
+    def to_dict(self) -> dict:
+        out = {"id": self.id, "path": self.path, "score": round(float(self.score), 6)}
+        if self.inliers is not None:
+            out["inliers"] = self.inliers
+        if self.quad is not None:
+            out["box"] = list(self.box)
+            out["quad"] = np.round(self.quad, 1).tolist()
+        if self.stale:
+            out["stale"] = self.stale
+        return out
+
+
+def whiten_regions(regions: np.ndarray, conf: dict, whitening: Whitening | None = None):
+    """(whitening, whitened (images * regions, D) matrix) of (images, regions, C) descriptors.
+
+    With `whitening` None it is learned from these descriptors (None again when they are too few)."""
+    flat = regions.reshape(-1, regions.shape[-1]).astype(np.float32)
+    if whitening is None and len(flat):
+        whitening = Whitening.fit(flat, conf["whiten"], conf["whiten_power"])
+    return whitening, (whitening(flat) if whitening else flat)
+
+
+class Snapshot:
+    """One committed state of an index and what searches derive from it, each loaded on first use."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.manifest = store.manifest
+        self.names = sorted(self.manifest["images"])
+        self._lock = threading.RLock()
+        self._cache: dict = {}
+
+    def cached(self, key: str, make):
+        with self._lock:  # concurrent searches load each thing once
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    @property
+    def ids(self) -> list[str]:
+        return self.cached("ids", lambda: assign_ids(self.names))
+
+    def dense(self, kind: str) -> np.ndarray:
+        return self.cached(kind, lambda: self.store.load_dense(kind)[1].astype(np.float32))
+
+    def local(self, kind: str) -> dict:
+        return self.cached(f"local-{kind}", lambda: self.store.load_local(kind))
+
+    def reader(self, kind: str):
+        return self.cached(f"reader-{kind}", lambda: self.store.local_reader(kind))
+
+    @property
+    def sides(self) -> list[int]:
+        """Longest side of each gallery photo, for the fit's pixel threshold."""
+        images = self.manifest["images"]
+        return self.cached("sides", lambda: [max(images[n]["width"], images[n]["height"]) for n in self.names])
+
+    def whitened(self) -> tuple[np.ndarray, Whitening | None, int]:
+        """(region columns, whitening, regions per image): stored by the writer's commit, or derived here
+        in memory when that commit has none (a reader never writes)."""
+        def make():
+            data = self.store.read_arrays(self.manifest.get("whitened"))
+            if data is not None and data["names"].tolist() == self.names:
+                whitening = Whitening(data["mean"], data["projection"]) if "mean" in data else None
+                matrix, per_image = data["matrix"], int(data["regions_per_image"])
+            else:  # mid-update, or an index without one: whiten as the stored whitening (or a new one) says
+                whitening = Whitening(data["mean"], data["projection"]) if data is not None and "mean" in data else None
+                regions = self.store.load_dense("regions")[1]
+                whitening, matrix = whiten_regions(regions, self.manifest["feature_settings"]["regions"], whitening)
+                per_image = regions.shape[1]
+            return np.ascontiguousarray(matrix.T, dtype=np.float32), whitening, per_image  # as region_scores wants
+        return self.cached("whitened", make)
+
+
+class Searcher:
+    """Scores one query crop against a snapshot; `extractor(kind)` gives the query's feature extractors."""
+
+    def __init__(self, extractor, conf: str = "default"):
+        self.extractor = extractor
+        self.conf = rerank.confs[conf]
+
+    def cnn(self, snap: Snapshot, query: np.ndarray) -> np.ndarray:
+        """Seed CNN: cosine similarity of global descriptors."""
+        return snap.dense("global") @ self.extractor("global")(query)
+
+    def regional(self, snap: Snapshot, query: np.ndarray, photo_side: int | None = None):
+        """Best cosine similarity between the query and any region of each gallery image, in the whitened
+        space: (upright scores, best scores of the rotated query, whitened upright query vector).
+        `photo_side`: longest side of the photo the query was cropped from."""
+        columns, whitening, per_image = snap.whitened()
+        descriptors = self.extractor("regions").query(query, photo_side, self.conf["query_rotations"],
+                                                      self.conf["rotated_scale"])
+        if whitening is not None:
+            descriptors = whitening(descriptors)
+        sims = rerank.region_scores(columns, per_image, descriptors)
+        rotated = sims[1:].max(axis=0) if len(sims) > 1 else np.full(len(snap.names), -np.inf)
+        return sims[0], rotated, descriptors[0]
+
+    def sift(self, snap: Snapshot, query: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Seed SIFT: ratio-test match counts against every gallery image."""
+        gallery = snap.local("sift")
+        features = self.extractor("sift")(query)
+        counts = [len(ratio_matches(features.descriptors, gallery[n].descriptors))
+                  for n in tqdm(snap.names, desc="matching", disable=not progress)]
+        return np.array(counts, np.float32)
+
+    def hybrid(self, snap: Snapshot, query: np.ndarray, photo_side: int):
+        """Regional shortlist re-ranked by spatial verification: (scores, verifications by row)."""
+        with ThreadPoolExecutor(1) as pool:  # the query's SIFT (OpenCV, no GIL) runs beside the CNN
+            query_local = pool.submit(self.extractor("verify"), query)
+            scores, rotated, query_vector = self.regional(snap, query, photo_side)
+            query_local = query_local.result()
+        columns, _, per_image = snap.whitened()
+        return rerank.rerank(query_local, snap.names, scores, rotated, snap.reader("verify"), snap.sides,
+                             self.conf, columns, per_image, query_vector)
+
+    def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int):
+        """(scores, verifications or None) of every gallery image for one query crop."""
+        if method == "cnn":
+            return self.cnn(snap, crop), None
+        if method == "sift":
+            return self.sift(snap, crop, progress), None
+        if method == "regional":
+            return self.regional(snap, crop, photo_side)[0], None
+        return self.hybrid(snap, crop, photo_side)
+
+    def search(self, snap: Snapshot, image: np.ndarray, boxes: list[Box], method: str, top: int | None,
+               progress: bool = False) -> list[Result]:
+        """Rank the snapshot's gallery for `image` cropped to each box; several boxes merge by best score."""
+        crops = [image[y : y + h, x : x + w] for x, y, w, h in boxes] or [image]
+        per_crop = [self.scores(snap, crop, method, progress, max(image.shape[:2])) for crop in crops]
+        stacked = np.stack([scores for scores, _ in per_crop])
+        best_crop = stacked.argmax(axis=0)
+        merged = stacked.max(axis=0)
+        order = rank(merged)
+        if top is not None:
+            order = order[:top]
+        return [self._result(snap, i, float(merged[i]), per_crop[best_crop[i]][1], crops[best_crop[i]]) for i in order]
+
+    def _result(self, snap: Snapshot, row: int, score: float, checks, crop: np.ndarray) -> Result:
+        name = snap.names[row]
+        entry = snap.manifest["images"][name]
+        path = os.path.join(snap.manifest["gallery"], name)
+        result = Result(snap.ids[row], path, score, width=entry.get("width"), height=entry.get("height"),
+                        stale=stale_reason(path, entry))
+        if checks is not None:
+            check = checks.get(row)
+            result.inliers = check.inliers if check else 0
+            result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
+        return result
+
+
+def stale_reason(path: str, entry: dict) -> str | None:
+    """'deleted' or 'changed' when the gallery photo is no longer the one that was indexed (one stat)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "deleted"
+    if (stat.st_size, stat.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns")):
+        return "changed"
+    return None

@@ -1,0 +1,187 @@
+"""Bringing an index up to date with its gallery: the one writer, under the index's write lock.
+
+It extracts new and changed photos on worker threads and commits every `shard_size` photos; an
+interruption (Ctrl-C, SIGTERM) commits what is finished before it stops. Vanished photos drop out, shards
+that are mostly dead are compacted, and the whitening of region descriptors is learned again."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
+from .searcher import whiten_regions
+from .store import Store
+
+DENSE_KINDS = ("global", "regions")
+
+
+@dataclass
+class UpdateReport:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.added + self.updated
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan(store: Store, gallery) -> tuple[list[str], list[str], list[str], list[tuple[str, str]]]:
+    """(new files, changed files, vanished files, skipped entries) of the gallery against the index."""
+    images = store.manifest["images"]
+    found, skipped = scan_images(gallery)
+    new, changed, present = [], [], set()
+    for name in found:
+        entry = images.get(name)
+        if entry is None:
+            new.append(name)
+            continue
+        try:
+            stat = os.stat(os.path.join(gallery, name))
+        except OSError:
+            continue  # vanished since the scan
+        present.add(name)
+        if entry.get("stale") or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+            changed.append(name)
+    gone = sorted(set(images) - present)
+    return new, changed, gone, skipped
+
+
+def ordered_map(pool: ThreadPoolExecutor, work, items, ahead: int):
+    """pool.map with at most `ahead` items in flight, so an interruption waits for little."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class Updater:
+    """Writes one update into `store` (a writer's own copy of the state); `index` extracts the features."""
+
+    def __init__(self, index, store: Store, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.index, self.store, self.max_pixels = index, store, max_pixels
+        self.gallery = store.manifest["gallery"]
+        self.done: list[tuple[str, dict, dict]] = []
+
+    def _load_and_extract(self, name: str):
+        path = os.path.join(self.gallery, name)
+        try:
+            stat = os.stat(path)
+            image = load_image(path, max_pixels=self.max_pixels)
+        except (ImageError, OSError) as exc:
+            return name, None, str(exc).removeprefix(f"{path}: ")
+        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
+        return name, stamp, self.index.extract(image)
+
+    def _flush(self, report: UpdateReport) -> None:
+        """Write the finished photos to a new shard and commit them."""
+        if not self.done:
+            return
+        features = {}
+        for kind in self.index.kinds:
+            column = [feats[kind] for _, _, feats in self.done]
+            features[kind] = np.stack(column) if kind in DENSE_KINDS else column
+        shard = self.store.write_shard([name for name, _, _ in self.done], features)
+        images = self.store.manifest["images"]
+        for row, (name, stamp, _) in enumerate(self.done):
+            if name in images:
+                report.updated += 1
+            else:
+                report.added += 1
+            images[name] = {"shard": shard, "row": row, **stamp}
+        self.store.commit()
+        self.done.clear()
+
+    def run(self, progress: bool = True, shard_size: int = 256, workers: int | None = None) -> UpdateReport:
+        report = UpdateReport()
+        manifest = self.store.manifest
+        new, changed, gone, report.skipped = plan(self.store, self.gallery)
+        for name in gone:
+            del manifest["images"][name]
+        report.removed = len(gone)
+        report.unchanged = len(manifest["images"]) - len(changed)
+        if gone:
+            self.store.commit()
+        todo = new + changed
+        if todo:
+            self.index.load_extractors()  # loads (or exports) the model before the clock starts
+            manifest["weights_sha256"] = self.index.backbone().weights_sha256 if self.index.uses_cnn else None
+        started = time.perf_counter()
+        workers = workers or min(2, os.cpu_count() or 1)
+        bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
+        try:
+            with self.index.worker_threads(workers), ThreadPoolExecutor(workers) as pool:
+                for name, stamp, result in ordered_map(pool, self._load_and_extract, todo, 2 * workers):
+                    bar.update()
+                    if stamp is None:
+                        report.skipped.append((name, result))
+                        continue
+                    self.done.append((name, stamp, result))
+                    if len(self.done) >= shard_size:
+                        self._flush(report)
+        finally:
+            bar.close()
+            # also on Ctrl-C: every finished photo is committed before the interruption goes on
+            report.seconds = time.perf_counter() - started
+            self._flush(report)
+        manifest["skipped"] = dict(report.skipped)
+        if report.processed:
+            manifest["images_per_s"] = report.images_per_s
+        self._compact_if_sparse()
+        if "regions" in self.index.kinds and (report.processed or report.removed or not manifest.get("whitened")):
+            manifest["whitened"] = self._whiten_regions()
+        self.store.commit()
+        self.store.remove_unused()
+        return report
+
+    def _whiten_regions(self) -> str:
+        """Learn PCA-whitening from the gallery's region descriptors and store them whitened; the file name."""
+        names, regions = self.store.load_dense("regions")
+        whitening, matrix = whiten_regions(regions, self.store.manifest["feature_settings"]["regions"]) \
+            if names else (None, np.zeros((0, 1), np.float32))
+        arrays = {"names": np.array(names, dtype=str), "matrix": matrix.astype(np.float16),
+                  "regions_per_image": np.array(regions.shape[1] if names else 0)}
+        if whitening:
+            arrays.update(mean=whitening.mean, projection=whitening.projection)
+        return self.store.write_arrays("regions-whitened", arrays)
+
+    def _compact_if_sparse(self) -> None:
+        """Rewrite shards once more than half of their rows belong to removed or re-extracted images."""
+        totals = self.store.shard_rows()
+        images = self.store.manifest["images"]
+        if not totals or sum(totals.values()) <= 2 * len(images):
+            return
+        names = sorted(images)
+        features = {}
+        for kind in self.index.kinds:
+            if kind in DENSE_KINDS:
+                features[kind] = self.store.load_dense(kind)[1]
+            else:
+                local = self.store.load_local(kind)
+                features[kind] = [local[n] for n in names]
+        shard = self.store.write_shard(names, features)
+        for row, name in enumerate(names):
+            images[name].update(shard=shard, row=row)
+        self.store.commit()
