@@ -58,7 +58,7 @@ def test_bad_files_are_skipped_listed_and_the_rest_indexed(gallery_copy, tmp_pat
 
 def test_interrupted_update_keeps_every_finished_photo_and_resumes(gallery_copy, tmp_path, monkeypatch):
     index = Index.create(tmp_path / "idx", gallery_copy, ["cnn"])
-    real_extract = index.extract
+    real_extract = index.features.extract
     calls = {"n": 0}
 
     def dying(image):
@@ -67,7 +67,7 @@ def test_interrupted_update_keeps_every_finished_photo_and_resumes(gallery_copy,
             raise KeyboardInterrupt
         return real_extract(image)
 
-    monkeypatch.setattr(index, "extract", dying)
+    monkeypatch.setattr(index.features, "extract", dying)
     with pytest.raises(KeyboardInterrupt):
         index.update(progress=False, shard_size=256, workers=1)
     saved = Store.open(tmp_path / "idx").manifest["images"]

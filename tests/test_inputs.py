@@ -315,7 +315,7 @@ def test_load_image_refuses_a_fifo_at_once(odd_gallery):
 
 @needs_fifo
 def test_a_file_that_became_a_fifo_after_the_check_still_does_not_block(odd_gallery, monkeypatch):
-    monkeypatch.setattr(images, "_file_problem", lambda path: None)  # as if it was a file when checked
+    monkeypatch.setattr(images, "file_problem", lambda path: None)  # as if it was a file when checked
     with pytest.raises(ImageError, match=r"not a regular file \(fifo\)"):
         within(5, load_image, odd_gallery / "pipe.jpg")
 

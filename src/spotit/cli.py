@@ -14,9 +14,9 @@ from pathlib import Path
 from . import __version__, backbones
 from .errors import SpotitError
 from .fileio import check_output_dir, check_output_file
-from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, parse_box, read_box_file
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
 from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods
-from .ranking import ranklist_line, write_ranklist
+from .ranking import format_name, ranklist_line, write_ranklist
 
 
 class Output:
@@ -91,13 +91,21 @@ def cmd_index(args) -> int:
 
 
 # ---- spotit search ---------------------------------------------------------------------------------
-def find_queries(query_dir: Path) -> list[Path]:
+def find_queries(query_dir: Path) -> list[tuple[str, Path]]:
+    """(query name, path) of the images in QUERY_DIR; names are unique (1.jpg and 1.png keep extensions)."""
     if not query_dir.is_dir():
         raise SpotitError(f"query folder not found: {query_dir}")
-    queries = sorted(p for p in query_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    queries = []
+    for path in sorted(query_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
+            problem = file_problem(path)
+            if problem:
+                eprint(f"skipped query {path.name}: {problem}")
+            else:
+                queries.append(path)
     if not queries:
         raise SpotitError(f"no query images in {query_dir}")
-    return queries
+    return list(zip(assign_ids([p.name for p in queries]), queries))
 
 
 STALE_NOTE = {"deleted": "  (deleted since indexing)", "changed": "  (changed since indexing)"}
@@ -106,7 +114,7 @@ STALE_NOTE = {"deleted": "  (deleted since indexing)", "changed": "  (changed si
 def print_top(title: str, results, top: int = 10) -> None:
     say(title)
     for rank, hit in enumerate(results[:top], 1):
-        say(f"  {rank:>3}. {hit.id}  {hit.score:.4f}{STALE_NOTE.get(hit.stale, '')}")
+        say(f"  {rank:>3}. {format_name(hit.id)}  {hit.score:.4f}{STALE_NOTE.get(hit.stale, '')}")
 
 
 def check_search_args(args) -> None:
@@ -139,6 +147,7 @@ def cmd_search(args) -> int:
     boxes = [parse_box(text) for text in args.box or []]
     index = Index.open(args.index, args.weights)
     image = as_image(args.query, max_pixels=args.max_pixels)
+    boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes]  # as searched: clipped to the photo
     args.method = args.method or index.default_method
     results = index.search(image, boxes, method=args.method, top=args.top, progress=not args.quiet)
     if args.grid:
@@ -164,11 +173,11 @@ def search_batch(args) -> int:
     args.method = args.method or index.default_method
     queries = find_queries(args.queries)
     lines, failed, report = [], [], []
-    for path in queries:
+    for name, path in queries:
         try:
             boxes = []
             if args.boxes is not None:
-                box_file = args.boxes / f"{path.stem}.txt"
+                box_file = args.boxes / f"{name}.txt"
                 if box_file.is_file():
                     boxes = read_box_file(box_file)
                 else:
@@ -179,15 +188,15 @@ def search_batch(args) -> int:
             failed.append(f"{path.name}: {exc}")
             eprint(f"skipped query {exc}" if str(exc).startswith(str(path)) else f"skipped query {path.name}: {exc}")
             continue
-        lines.append(ranklist_line(path.stem, [r.id for r in results]))
+        lines.append(ranklist_line(name, [r.id for r in results]))
         if args.grid:
             from .grid import save_grid
 
-            save_grid(Path(args.grid) / f"{path.stem}.png", image, boxes, results)
+            save_grid(Path(args.grid) / f"{name}.png", image, boxes, results)
         if args.json:
             report.append({"query": path.name, "boxes": boxes, "results": [r.to_dict() for r in results[: args.top]]})
         else:
-            print_top(f"Q{path.stem} ({args.method}):", results, min(args.top or 10, 10))
+            print_top(f"Q{format_name(name, query=True)} ({args.method}):", results, min(args.top or 10, 10))
     ranklist = args.ranklist or DEFAULT_RANKLIST
     write_ranklist(ranklist, lines)
     if args.json:

@@ -63,7 +63,7 @@ def scan_images(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
                 path = Path(dirpath) / name
-                problem = _file_problem(path)
+                problem = file_problem(path)
                 if problem is None:
                     found.append(_relative(path, root))
                 elif problem != _MISSING:  # a file deleted during the scan is simply gone
@@ -80,7 +80,7 @@ def _relative(path: str | os.PathLike, root: Path) -> str:
     return Path(path).relative_to(root).as_posix()
 
 
-def _file_problem(path: str | os.PathLike) -> str | None:
+def file_problem(path: str | os.PathLike) -> str | None:
     """Why path cannot be read as an image file without blocking, or None for a regular file.
 
     Stats through symlinks, never opens: a fifo would block a reader, a device could be endless.
@@ -143,7 +143,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
 
 def _open_regular(path: str | os.PathLike) -> BinaryIO:
     """The file opened for reading, or ImageError at once if it is no regular file (never blocks)."""
-    problem = _file_problem(path)
+    problem = file_problem(path)
     if problem is not None:
         raise ImageError(f"{path}: {problem}")
     try:

@@ -8,22 +8,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from . import backbones, global_features, local_features
 from .errors import SpotitError
+from .extractors import Extractors
 from .images import DEFAULT_MAX_PIXELS, Box, as_image, check_box
-from .local_features import SiftExtractor
 from .lock import WriterLock
 from .searcher import METHOD_KINDS, Result, Searcher, Snapshot
 from .store import SnapshotGone, Store, check_index_folder
-from .updater import DENSE_KINDS, Updater, UpdateReport
+from .updater import Updater, UpdateReport
 
 __all__ = ["Index", "Result", "UpdateReport", "METHODS", "DEFAULT_METHOD", "default_index_dir", "parse_methods"]
 
@@ -81,9 +77,7 @@ class Index:
             )
         self.store = store
         self.search_conf = "default"  # a name in rerank.confs: shortlist, query rotations, fusion, expansion
-        self._weights = weights
-        self._backbone = None
-        self._extractors: dict = {}
+        self.features = Extractors(store.root, manifest, kinds_of(manifest["methods"]), weights)
         self._snapshot: Snapshot | None = None
         self._swap = threading.Lock()
 
@@ -178,6 +172,7 @@ class Index:
                     entry["stale"] = True
         if wanted or moved:
             self.store.commit()
+            self.features.kinds = self.kinds
 
     # ---- what it holds -------------------------------------------------------------------------
     @property
@@ -211,65 +206,6 @@ class Index:
     def __len__(self) -> int:
         return len(self.manifest["images"])
 
-    # ---- extractors ----------------------------------------------------------------------------
-    def backbone(self) -> backbones.Backbone:
-        if self._backbone is None:
-            weights = self._weights or self.manifest.get("weights")
-            backbone = backbones.Backbone.load(self.manifest["backbone"], weights)
-            expected = self.manifest.get("weights_sha256")
-            if expected and expected != backbone.weights_sha256:
-                raise SpotitError(
-                    f"index {self.store.root} was built with other {self.manifest['backbone']} weights; "
-                    f"pass the same --weights, or rebuild"
-                )
-            self._backbone = backbone
-        return self._backbone
-
-    def extractor(self, kind: str):
-        """The callable that turns an RGB image into features of `kind`."""
-        if kind not in self._extractors:
-            conf = self.manifest["confs"][kind]
-            if kind == "global":
-                extract = global_features.GlobalExtractor(self.backbone(), conf)
-                self._extractors[kind] = lambda image: extract([image])[0]
-            elif kind == "regions":
-                self._extractors[kind] = global_features.RegionalExtractor(self.backbone(), conf)
-            else:
-                self._extractors[kind] = SiftExtractor(conf)
-        return self._extractors[kind]
-
-    def load_extractors(self) -> None:
-        for kind in self.kinds:
-            self.extractor(kind)
-
-    @property
-    def uses_cnn(self) -> bool:
-        return any(kind in DENSE_KINDS for kind in self.kinds)
-
-    def extract(self, image: np.ndarray) -> dict:
-        """Every feature kind the index stores, of one gallery image."""
-        out = {}
-        for kind in self.kinds:
-            extractor = self.extractor(kind)
-            out[kind] = extractor.gallery(image) if kind == "regions" else extractor(image)
-        return out
-
-    @contextlib.contextmanager
-    def worker_threads(self, workers: int):
-        """One thread per worker inside onnxruntime and OpenCV while `workers` threads extract: their own
-        pools beside two workers oversubscribe the cores. Searches get every core back afterwards."""
-        opencv_threads = cv2.getNumThreads()
-        if workers > 1:
-            cv2.setNumThreads(1)
-            if self._backbone is not None:
-                self._backbone.set_threads(1)
-        try:
-            yield
-        finally:
-            cv2.setNumThreads(opencv_threads)
-            if self._backbone is not None and self._backbone.threads != 0:
-                self._backbone.set_threads(0)
-
     # ---- updating ------------------------------------------------------------------------------
     def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None, wait: bool = False,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> UpdateReport:
@@ -280,8 +216,9 @@ class Index:
         with WriterLock(self.store.root).acquire(wait):
             writer = self.store.reload()  # the latest state: another writer may have committed since we opened
             self._check_same_index(writer)
+            self.features.kinds = kinds_of(writer.manifest["methods"])  # another process may have added a method
             try:
-                return Updater(self, writer, max_pixels).run(progress, shard_size, workers)
+                return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers)
             finally:
                 self.store = writer
 
@@ -321,7 +258,7 @@ class Index:
         Results whose photo was deleted or changed since indexing say so in `stale`."""
         image = as_image(query, max_pixels=max_pixels)
         boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes or []]
-        searcher = Searcher(self.extractor, self.search_conf)
+        searcher = Searcher(self.features.get, self.search_conf)
         for _ in range(5):
             snap = self.snapshot()
             method = method or self.default_method

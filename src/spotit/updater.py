@@ -17,10 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
+from .extractors import DENSE_KINDS, Extractors
 from .searcher import whiten_regions
 from .store import Store
-
-DENSE_KINDS = ("global", "regions")
 
 
 @dataclass
@@ -78,10 +77,10 @@ def ordered_map(pool: ThreadPoolExecutor, work, items, ahead: int):
 
 
 class Updater:
-    """Writes one update into `store` (a writer's own copy of the state); `index` extracts the features."""
+    """Writes one update into `store` (a writer's own copy of the state) with the features `features` extracts."""
 
-    def __init__(self, index, store: Store, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.index, self.store, self.max_pixels = index, store, max_pixels
+    def __init__(self, features: Extractors, store: Store, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.features, self.store, self.max_pixels = features, store, max_pixels
         self.gallery = store.manifest["gallery"]
         self.done: list[tuple[str, dict, dict]] = []
 
@@ -93,14 +92,14 @@ class Updater:
         except (ImageError, OSError) as exc:
             return name, None, str(exc).removeprefix(f"{path}: ")
         stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
-        return name, stamp, self.index.extract(image)
+        return name, stamp, self.features.extract(image)
 
     def _flush(self, report: UpdateReport) -> None:
         """Write the finished photos to a new shard and commit them."""
         if not self.done:
             return
         features = {}
-        for kind in self.index.kinds:
+        for kind in self.features.kinds:
             column = [feats[kind] for _, _, feats in self.done]
             features[kind] = np.stack(column) if kind in DENSE_KINDS else column
         shard = self.store.write_shard([name for name, _, _ in self.done], features)
@@ -126,13 +125,13 @@ class Updater:
             self.store.commit()
         todo = new + changed
         if todo:
-            self.index.load_extractors()  # loads (or exports) the model before the clock starts
-            manifest["weights_sha256"] = self.index.backbone().weights_sha256 if self.index.uses_cnn else None
+            self.features.load()  # loads (or exports) the model before the clock starts
+            manifest["weights_sha256"] = self.features.backbone().weights_sha256 if self.features.uses_cnn else None
         started = time.perf_counter()
         workers = workers or min(2, os.cpu_count() or 1)
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
         try:
-            with self.index.worker_threads(workers), ThreadPoolExecutor(workers) as pool:
+            with self.features.worker_threads(workers), ThreadPoolExecutor(workers) as pool:
                 for name, stamp, result in ordered_map(pool, self._load_and_extract, todo, 2 * workers):
                     bar.update()
                     if stamp is None:
@@ -150,7 +149,7 @@ class Updater:
         if report.processed:
             manifest["images_per_s"] = report.images_per_s
         self._compact_if_sparse()
-        if "regions" in self.index.kinds and (report.processed or report.removed or not manifest.get("whitened")):
+        if "regions" in self.features.kinds and (report.processed or report.removed or not manifest.get("whitened")):
             manifest["whitened"] = self._whiten_regions()
         self.store.commit()
         self.store.remove_unused()
@@ -175,7 +174,7 @@ class Updater:
             return
         names = sorted(images)
         features = {}
-        for kind in self.index.kinds:
+        for kind in self.features.kinds:
             if kind in DENSE_KINDS:
                 features[kind] = self.store.load_dense(kind)[1]
             else:

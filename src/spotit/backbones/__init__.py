@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpotitError
+from ..fileio import atomic_path
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
@@ -124,20 +124,13 @@ def export_onnx(name: str, weights: Path, target: Path) -> None:
         3: torch.export.Dim.DYNAMIC,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
-    os.close(handle)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (sample,), tmp, input_names=["image"], output_names=["features"],
-                dynamic_shapes={"x": dims}, dynamo=True, external_data=False, verbose=False,
-            )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target, suffix=".onnx.tmp") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (sample,), str(tmp), input_names=["image"], output_names=["features"],
+            dynamic_shapes={"x": dims}, dynamo=True, external_data=False, verbose=False,
+        )
 
 
 _export_lock = threading.Lock()
@@ -162,7 +155,13 @@ class Backbone:
         onnx_path = cache_dir() / "models" / f"{name}-{sha[:16]}.onnx"
         with _export_lock:
             if not onnx_path.exists():
-                export_onnx(name, weights, onnx_path)
+                try:
+                    export_onnx(name, weights, onnx_path)
+                except OSError as exc:
+                    raise SpotitError(
+                        f"cannot write the model cache {onnx_path.parent}: {exc.strerror or exc}; "
+                        f"set SPOTIT_CACHE to a writable folder"
+                    ) from None
         return cls(name, sha, onnx_path, threads)
 
     def __post_init__(self):

@@ -1,0 +1,84 @@
+"""The feature extractors of one index: the CNN backbone (loaded once, on first use) and SIFT, by feature kind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import backbones, global_features
+from .errors import SpotitError
+from .local_features import SiftExtractor
+
+DENSE_KINDS = ("global", "regions")  # one fixed-size array per image; the others are keypoint lists
+
+
+class Extractors:
+    """`get(kind)` turns an RGB image into features of `kind`, configured as the index's manifest says."""
+
+    def __init__(self, root: Path, manifest: dict, kinds: list[str], weights: str | os.PathLike | None = None):
+        self.root, self.manifest, self.kinds = root, manifest, kinds
+        self._weights = weights
+        self._backbone: backbones.Backbone | None = None
+        self._extractors: dict = {}
+
+    def backbone(self) -> backbones.Backbone:
+        if self._backbone is None:
+            weights = self._weights or self.manifest.get("weights")
+            backbone = backbones.Backbone.load(self.manifest["backbone"], weights)
+            expected = self.manifest.get("weights_sha256")
+            if expected and expected != backbone.weights_sha256:
+                raise SpotitError(
+                    f"index {self.root} was built with other {self.manifest['backbone']} weights; "
+                    f"pass the same --weights, or rebuild"
+                )
+            self._backbone = backbone
+        return self._backbone
+
+    @property
+    def uses_cnn(self) -> bool:
+        return any(kind in DENSE_KINDS for kind in self.kinds)
+
+    def get(self, kind: str):
+        if kind not in self._extractors:
+            conf = self.manifest["confs"][kind]
+            if kind == "global":
+                extract = global_features.GlobalExtractor(self.backbone(), conf)
+                self._extractors[kind] = lambda image: extract([image])[0]
+            elif kind == "regions":
+                self._extractors[kind] = global_features.RegionalExtractor(self.backbone(), conf)
+            else:
+                self._extractors[kind] = SiftExtractor(conf)
+        return self._extractors[kind]
+
+    def load(self) -> None:
+        """Load (or export) the models now, e.g. before a clock starts."""
+        for kind in self.kinds:
+            self.get(kind)
+
+    def extract(self, image: np.ndarray) -> dict:
+        """Every feature kind the index stores, of one gallery image."""
+        out = {}
+        for kind in self.kinds:
+            extractor = self.get(kind)
+            out[kind] = extractor.gallery(image) if kind == "regions" else extractor(image)
+        return out
+
+    @contextlib.contextmanager
+    def worker_threads(self, workers: int):
+        """One thread per worker inside onnxruntime and OpenCV while `workers` threads extract: their own
+        pools beside two workers oversubscribe the cores. Searches get every core back afterwards."""
+        opencv_threads = cv2.getNumThreads()
+        if workers > 1:
+            cv2.setNumThreads(1)
+            if self._backbone is not None:
+                self._backbone.set_threads(1)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(opencv_threads)
+            if self._backbone is not None and self._backbone.threads != 0:
+                self._backbone.set_threads(0)
