@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):

@@ -75,3 +75,29 @@ def test_make_clutter_refuses_a_non_empty_output_and_too_few_objects(sources, tm
     assert (tmp_path / "full" / "x").read_text() == "keep me"
     with pytest.raises(SpotitError, match="5 objects; 60 were asked"):
         make_clutter(*sources, tmp_path / "new", ClutterConfig(objects=60), progress=False)
+
+
+def test_hard_clutter_shares_scenes_and_puts_each_query_scene_in_the_gallery_without_the_object(sources, tmp_path):
+    config = ClutterConfig(objects=2, distractor_scenes=3, distractor_objects=1, seed=5, shared_scenes=True, turned=0.5)
+    out = make_clutter(*sources, tmp_path / "hard", config, progress=False)["out"]
+    placements = json.loads((out / "placements.json").read_text())
+    assert len(placements) == 2 * 2 + 3 + 2  # object views, distractor scenes, and the two query scenes
+    empty = [np.asarray(Image.open(out / "gallery" / f"{name}.jpg"), np.float32) for name, p in placements.items() if not p]
+    for query in ("q000", "q001"):
+        picture = np.asarray(Image.open(out / "query" / f"{query}.jpg"), np.float32)
+        x, y, w, h = map(int, (out / "query_txt" / f"{query}.txt").read_text().split())
+        outside = np.ones(picture.shape[:2], bool)
+        outside[y : y + h, x : x + w] = False
+        # the query's background is in the gallery, as photographed or mirrored (JPEG-compressed anew):
+        # far closer to one scene without the object than scenes are to each other
+        gaps = sorted(np.abs(g - s)[outside].mean() for g in empty if g.shape == picture.shape for s in (picture, picture[:, ::-1]))
+        assert gaps[0] < 0.5 * gaps[len(gaps) // 2]
+
+
+def test_turned_views_follow_the_asked_share():
+    from spotit.clutter import turned_angle
+
+    rng = np.random.default_rng(0)
+    angles = np.abs([turned_angle(rng, 0.5) for _ in range(4000)])
+    # half are turned uniformly up to 180 degrees, 8 in 9 of those beyond 20; the other half stay within 20
+    assert 0.40 < (angles > 20).mean() < 0.49 and angles.max() > 170 and (angles <= 20).mean() > 0.5

@@ -108,3 +108,24 @@ def test_eval_command_json_last_line_has_every_key(demo, tmp_path, capsys):
     assert keys <= set(result)
     assert result["queries"] == 12 and result["ns"] is None  # groups of three, not UKBench's four
     assert 0.5 < result["map"] <= 1.0
+
+
+def test_eval_measures_localisation_on_a_set_with_placements(demo, tmp_path):
+    """The demo as a boxed set with make-clutter's placements: where each pasted cup truly lies."""
+    import shutil
+
+    root = tmp_path / "boxed"
+    shutil.copytree(demo["gallery"], root / "gallery")
+    (root / "query").mkdir(), (root / "query_txt").mkdir()
+    shutil.copy(demo["query"], root / "query" / "q.jpg")
+    (root / "query_txt" / "q.txt").write_text(" ".join(map(str, demo["box"])) + "\n")
+    (root / "groundtruth.json").write_text(json.dumps({"q.jpg": [f"{n}.jpg" for n in demo["relevant"]]}))
+    placements = {name: [{"object": "object-0" if name in demo["relevant"] else "distractor-0", "box": list(box)}]
+                  for name, box in demo["places"].items()}
+    (root / "placements.json").write_text(json.dumps(placements))
+    result = evaluate(root, "hybrid", index_dir=tmp_path / "idx", progress=False)
+    assert result["verified_relevant"] == 3 and result["localised_iou50"] == 1.0 and result["false_boxes_top10"] == 0
+    # boxes moved off the objects are no longer localised
+    placements = {name: [{**p, "box": [0, 0, 5, 5]} for p in entries] for name, entries in placements.items()}
+    (root / "placements.json").write_text(json.dumps(placements))
+    assert evaluate(root, "hybrid", index_dir=tmp_path / "idx", progress=False)["localised_iou50"] == 0.0

@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from spotit import Index
+from spotit.evaluate import iou
 from spotit.local_features import LocalFeatures
 from spotit.matching import ratio_matches, ratio_matches_unit
-from spotit.verify import map_box, plausible, rootsift, verify
+from spotit.verify import anisotropy, centre_weighted, map_box, plausible, rootsift, sound, verify
 
 
 def synthetic_pair(consistent: bool, n: int = 200, seed: int = 0):
@@ -23,7 +25,7 @@ def synthetic_pair(consistent: bool, n: int = 200, seed: int = 0):
 
 def test_verification_accepts_a_consistent_match_set_and_recovers_the_transform():
     query, gallery, homography = synthetic_pair(consistent=True)
-    check = verify(query, gallery, gallery_side=400)
+    check = verify(query, gallery, (300, 300), (400, 400))
     assert check.inliers >= 190
     corners = map_box(check.transform, 300, 300)
     expected = map_box(homography, 300, 300)
@@ -34,7 +36,7 @@ def test_verification_rejects_a_geometrically_inconsistent_match_set():
     query, gallery, _ = synthetic_pair(consistent=False)
     # every descriptor matches its twin: the ratio test passes, only geometry can reject them
     assert len(ratio_matches_unit(rootsift(query.descriptors), [rootsift(gallery.descriptors)], 0.8)[0]) >= 190
-    assert verify(query, gallery, gallery_side=400).inliers < 10
+    assert verify(query, gallery, (300, 300), (400, 400)).inliers < 10
 
 
 def test_plausible_rejects_mirror_and_collapse():
@@ -42,6 +44,23 @@ def test_plausible_rejects_mirror_and_collapse():
     assert not plausible(np.diag([-1.0, 1.0, 1.0]))  # a mirror image is no view of an object
     assert not plausible(np.diag([1e-4, 1e-4, 1.0]))
     assert not plausible(None)
+
+
+def test_sound_rejects_slivers_self_crossing_quads_and_fits_outside_the_photo():
+    box, photo = (200, 100), (640, 480)
+    assert sound(np.array([[0.8, 0.3, 50], [-0.2, 0.9, 60], [1e-4, 0, 1.0]]), box, photo)  # a turned, tilted view
+    sliver = np.array([[1.0, 0, 0], [0, 0.05, 100], [0, 0, 1.0]])  # plausible (det 0.05), but a thin line
+    assert plausible(sliver) and anisotropy(sliver, 100, 50) == pytest.approx(20) and not sound(sliver, box, photo)
+    # a homography whose horizon crosses the box folds it into a bow tie
+    bow_tie = np.array([[1.0, 0, 0], [0, 1.0, 0], [-0.009, 0, 1.0]])
+    assert not sound(bow_tie, box, photo)
+    assert not sound(np.array([[0.05, 0, 10], [0, 0.05, 10], [0, 0, 1.0]]), box, photo)  # 10 x 5 px: too small
+    assert not sound(np.array([[1.0, 0, 560], [0, 1.0, 10], [0, 0, 1.0]]), box, photo)  # mostly outside the photo
+
+
+def test_centre_weighted_counts_inliers_near_the_box_border_less():
+    points = np.array([[50, 50], [48, 52], [2, 2], [98, 3]], np.float32)  # two central, two at corners
+    assert centre_weighted(points, (100, 100)) == pytest.approx(2 + 2 * 0.25)
 
 
 def test_matrix_product_matching_equals_brute_force_ratio_test():
@@ -57,12 +76,9 @@ def test_matrix_product_matching_equals_brute_force_ratio_test():
         assert sorted(map(tuple, fast)) == sorted(map(tuple, slow))
 
 
-def iou(a, b):
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    return w * h / (aw * ah + bw * bh - w * h)
+def test_iou_of_hand_worked_boxes():
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0 and iou((1, 2, 3, 4), (1, 2, 3, 4)) == 1
 
 
 def test_mapped_query_box_lands_on_the_pasted_object(demo, demo_index):

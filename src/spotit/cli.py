@@ -58,6 +58,16 @@ def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"refuse images larger than N pixels before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
 
 
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must lie between 0 and 1")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", "").replace(",", ""))
@@ -248,8 +258,10 @@ def cmd_eval(args) -> int:
 def cmd_make_clutter(args) -> int:
     from .clutter import ClutterConfig, make_clutter
 
+    turned = args.turned if args.turned is not None else (0.5 if args.hard else None)
     config = ClutterConfig(objects=args.objects, distractor_scenes=args.distractor_scenes,
-                           distractor_objects=args.distractor_objects, seed=args.seed)
+                           distractor_objects=args.distractor_objects, seed=args.seed,
+                           shared_scenes=args.shared_scenes or args.hard, turned=turned)
     made = make_clutter(args.objects_set, args.scenes, args.out, config, progress=not args.quiet)
     say(f"wrote {made['queries']} boxed queries and {made['gallery']} gallery images to {made['out']}")
     return 0
@@ -276,7 +288,8 @@ at a time per index: a second is refused (or waits with --wait); searches go on 
   spotit eval ../shared/datasets/holidays-dev --method hybrid
   spotit eval path/to/set --method sift --max-queries 30 --json""",
     "make-clutter": """example:
-  spotit bench make-clutter ukbench-dev holidays-dev clutter-mine --seed 0""",
+  spotit bench make-clutter ukbench-dev holidays-dev clutter-mine --seed 0
+  spotit bench make-clutter ukbench-dev holidays-dev clutter-hard --seed 2 --hard   # shared scenes, turned views""",
 }
 
 
@@ -370,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", type=positive_int, default=60, help="objects with a boxed query (default: 60)")
     p.add_argument("--distractor-scenes", type=int, default=300, help="gallery scenes without an object (default: 300)")
     p.add_argument("--distractor-objects", type=int, default=60, help="other objects pasted as distractors (default: 60)")
+    p.add_argument("--shared-scenes", action="store_true",
+                   help="draw query and gallery scenes from one pool, and put each query's scene into the gallery "
+                        "without the object (a photo of the same place is then no match)")
+    p.add_argument("--turned", type=fraction, metavar="F",
+                   help="turn a share F of the gallery views anywhere up to 180 degrees, the rest up to 20 "
+                        "(default: half near upright, a fifth anywhere)")
+    p.add_argument("--hard", action="store_true", help="clutter-hard-dev's conditions: --shared-scenes --turned 0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

@@ -7,6 +7,8 @@ into a query scene (15-35% of its area, boxed); the other views go into gallery 
 area with perspective warp, rotation (some up to 180 degrees), light changes and JPEG compression.
 Distractor scenes fill the rest of the gallery, some with views of distractor objects pasted in. Output is the assignment
 layout plus `groundtruth.json` and `placements.json` (where each object view lies in each gallery image).
+Harder conditions (ClutterConfig.shared_scenes, .turned; `--hard`) share scenes between queries and
+gallery, put each query's scene into the gallery without the object, and turn more views far.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class ClutterConfig:
     query_area: tuple[float, float] = (0.15, 0.35)
     gallery_area: tuple[float, float] = (0.06, 0.25)
     seed: int = 0
+    # hard conditions: query and gallery scenes from one pool, and each query's scene also in the gallery
+    # without the object (its background must not be a match); `turned` of the gallery views anywhere up to
+    # 180 degrees and the rest up to 20 (None: mostly upright, see random_angle)
+    shared_scenes: bool = False
+    turned: float | None = None
 
 
 def object_groups(root: Path) -> list[list[Path]]:
@@ -124,6 +131,11 @@ def random_angle(rng: np.random.Generator) -> float:
     return float(rng.uniform(-180, 180))
 
 
+def turned_angle(rng: np.random.Generator, turned: float) -> float:
+    """A share `turned` of views anywhere up to 180 degrees, the others up to 20."""
+    return float(rng.uniform(-180, 180)) if rng.random() < turned else float(rng.uniform(-20, 20))
+
+
 def load_scene(path: Path, rng: np.random.Generator) -> np.ndarray:
     """A scene at about SCENE_SIDE px on its longest side, randomly mirrored so reused scenes differ."""
     image = load_image(path)
@@ -155,12 +167,18 @@ def make_clutter(objects_root, scenes_root, out, config: ClutterConfig = Clutter
 
     scenes = scene_groups(Path(scenes_root))
     scene_order = rng.permutation(len(scenes))
-    # scene groups behind queries never appear in the gallery, so the background cannot give a match away
-    n_query_groups = max(1, min(len(scenes) // 5, config.objects))
-    query_scenes = [p for i in scene_order[:n_query_groups] for p in scenes[i]]
-    gallery_scenes = [p for i in scene_order[n_query_groups:] for p in scenes[i]]
+    if config.shared_scenes:
+        query_scenes = gallery_scenes = [p for group in scenes for p in group]
+    else:
+        # scene groups behind queries never appear in the gallery, so the background cannot give a match away
+        n_query_groups = max(1, min(len(scenes) // 5, config.objects))
+        query_scenes = [p for i in scene_order[:n_query_groups] for p in scenes[i]]
+        gallery_scenes = [p for i in scene_order[n_query_groups:] for p in scenes[i]]
     if not gallery_scenes:
         raise SpotitError(f"{scenes_root} has too few scene groups to keep query and gallery scenes apart")
+    # a stream of its own, so that the default sets stay what they were for a seed
+    hard = np.random.default_rng([config.seed, 1])
+    query_scene_paths = [query_scenes[int(hard.integers(len(query_scenes)))] for _ in chosen] if config.shared_scenes else None
 
     for sub in ("gallery", "query", "query_txt"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -175,6 +193,8 @@ def make_clutter(objects_root, scenes_root, out, config: ClutterConfig = Clutter
     for number in range(config.distractor_scenes):
         scene = gallery_scenes[int(rng.integers(len(gallery_scenes)))]
         plan.append((scene, [distractor_views[number]] if number < len(distractor_views) else []))
+    if query_scene_paths:  # the place of each query, photographed without the object
+        plan += [(path, []) for path in query_scene_paths]
     names = [f"{i:06d}" for i in rng.permutation(len(plan))]
 
     truth: dict[str, list[str]] = {}
@@ -186,7 +206,8 @@ def make_clutter(objects_root, scenes_root, out, config: ClutterConfig = Clutter
         for view_path, key in views:
             view = load_image(view_path)
             quad = random_quad(rng, view.shape[1], view.shape[0], scene.shape[1], scene.shape[0],
-                               float(rng.uniform(*config.gallery_area)), random_angle(rng), warp=0.12)
+                               float(rng.uniform(*config.gallery_area)),
+                               random_angle(rng) if config.turned is None else turned_angle(rng, config.turned), warp=0.12)
             scene = paste_view(scene, view, quad, rng)
             placements[name].append({"object": key, "view": view_path.name, "quad": quad.round(1).tolist(),
                                      "box": bounding_box(quad, scene.shape[1], scene.shape[0])})
@@ -198,7 +219,8 @@ def make_clutter(objects_root, scenes_root, out, config: ClutterConfig = Clutter
     groundtruth = {}
     for number, views in enumerate(chosen):
         query_name = f"q{number:03d}"
-        scene = load_scene(query_scenes[int(rng.integers(len(query_scenes)))], rng)
+        scene_path = query_scene_paths[number] if query_scene_paths else query_scenes[int(rng.integers(len(query_scenes)))]
+        scene = load_scene(scene_path, rng)
         view = load_image(views[0])
         quad = random_quad(rng, view.shape[1], view.shape[0], scene.shape[1], scene.shape[0],
                            float(rng.uniform(*config.query_area)), float(rng.uniform(-10, 10)), warp=0.05)

@@ -58,6 +58,16 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _object_boxes(path: Path) -> dict[str, list[Box]]:
+    """Gallery id -> boxes (x, y, w, h) of the query objects pasted into it, from make-clutter's placements."""
+    try:
+        placements = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpotitError(f"cannot read {path}: {exc}") from None
+    return {image_id(name): [tuple(p["box"]) for p in entries if p.get("object", "").startswith("object-")]
+            for name, entries in placements.items()}
+
+
 def _is_groups_of_four(truth: dict[str, list[str]]) -> bool:
     return bool(truth) and all(len(set(v) - {k}) == 3 for k, v in truth.items())
 
@@ -87,7 +97,8 @@ def load_dataset(root: str | os.PathLike) -> Dataset:
             box_file = root / "query_txt" / f"{Path(q).stem}.txt"
             boxes = read_box_file(box_file) if box_file.is_file() else []
             queries.append(Query(q, path, boxes, {"default": ([image_id(r) for r in rel], [])}))
-        return Dataset(root.name, "assignment", root, root / "gallery", queries)
+        meta = {"object_boxes": _object_boxes(root / "placements.json")} if (root / "placements.json").is_file() else {}
+        return Dataset(root.name, "assignment", root, root / "gallery", queries, meta=meta)
     raise SpotitError(
         f"{root} is no benchmark layout spotit knows: expected images/ + groundtruth.json, "
         f"gallery/ + query/ + query_txt/ + groundtruth.json, or jpg/ + gnd_roxford5k.pkl / gnd_rparis6k.pkl"

@@ -52,7 +52,8 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
 
     queries = sample_queries(dataset.queries, max_queries)
     per_protocol: dict[str, list[dict]] = {p: [] for p in dataset.protocols}
-    ns, seconds = [], []
+    ns, seconds, overlaps, false_boxes = [], [], [], 0
+    object_boxes = dataset.meta.get("object_boxes")
     for query in tqdm(queries, desc=f"eval {method}", unit="query", disable=not progress, dynamic_ncols=True):
         started = time.perf_counter()
         hits = index.search(query.path, query.boxes, method=method, top=None)
@@ -63,6 +64,10 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
         if dataset.groups_of_four:
             positives, junk = query.protocols["default"]
             ns.append(ns_score(ranking, positives, query=junk[0] if junk else None))
+        if object_boxes is not None:
+            positives = set(query.protocols["default"][0])
+            overlaps += [best_iou(h.box, object_boxes.get(h.id, [])) for h in hits if h.box is not None and h.id in positives]
+            false_boxes += sum(h.box is not None and h.id not in positives for h in hits[:10])
 
     main_protocol = "medium" if "medium" in per_protocol else "default"
     means = {p: mean_metrics(rows) for p, rows in per_protocol.items()}
@@ -78,6 +83,11 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
         "query_s_p95": float(np.percentile(seconds, 95)),
         "index_bytes_per_image": index.store.size_bytes() / max(len(index), 1),
     }
+    if object_boxes is not None:
+        # localisation: verified relevant results whose box overlaps where the object truly lies
+        result["localised_iou50"] = float(np.mean(np.array(overlaps) >= 0.5)) if overlaps else None
+        result["verified_relevant"] = len(overlaps)
+        result["false_boxes_top10"] = false_boxes
     if dataset.layout == "revisited":
         for protocol in ("easy", "hard"):
             result[f"map_{protocol}"] = means[protocol]["ap"]
@@ -85,6 +95,18 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
     result["backbone"] = index.manifest["backbone"]
     result["skipped_images"] = len(report.skipped)
     return result
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    width = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    union = a[2] * a[3] + b[2] * b[3] - width * height
+    return width * height / union if union > 0 else 0.0
+
+
+def best_iou(box, truths) -> float:
+    return max((iou(box, truth) for truth in truths), default=0.0)
 
 
 def format_result(result: dict) -> str:
@@ -101,6 +123,11 @@ def format_result(result: dict) -> str:
         speed.append(f"indexing {result['index_images_per_s']:.1f} images/s")
     speed.append(f"{result['index_bytes_per_image'] / 1024:.1f} KiB per image")
     lines.append("  " + "; ".join(speed))
+    if result.get("verified_relevant") is not None:
+        share = result["localised_iou50"]
+        lines.append(f"  localisation: {'-' if share is None else f'{share:.1%}'} of {result['verified_relevant']} verified "
+                     f"relevant results overlap the object with IoU >= 0.5; {result['false_boxes_top10']} boxes on "
+                     f"false positives in the top 10s")
     return "\n".join(lines)
 
 

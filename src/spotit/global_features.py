@@ -56,9 +56,8 @@ class GlobalExtractor:
 # Photos are seen at 672 px on their longest side (724 px scored +0.015 mAP on boxed queries, the same on
 # Holidays, but with SIFT it held indexing under 8 images/s: benchmarks/NOTES.md); a query crop is resized by the same factor as its whole
 # photo would be, so an object keeps the scale it has in a photo, and regions (an R-MAC grid) let it match
-# part of a gallery photo. The query is also described turned by 90, 180 and 270 degrees, at half that
-# scale (cheap): those descriptors only bring rotated views into the verification shortlist, since
-# scoring by them lets unrelated images in (-0.07 mAP on Holidays, whose queries are upright).
+# part of a gallery photo. Which views of the query are described (scales, right-angle turns) is the
+# searcher's choice: rerank.confs.
 # Whitening keeps 512 PCA directions and scales each by eigenvalue^-power: 0.25 is a gentle whitening
 # that helped both whole-image and boxed queries, where full whitening (0.5) hurt whole-image ones.
 regional_confs = {
@@ -123,17 +122,20 @@ class RegionalExtractor:
         fmap = self.backbone(resize_for_network(image, self.conf["max_side"])[None])[0]
         return l2_normalise(pool_regions(fmap, self.grid, self.conf["p"])).astype(np.float16)
 
-    def query(self, image: np.ndarray, photo_side: int | None = None, rotations: int = 4,
-              rotated_scale: float = 0.5) -> np.ndarray:
-        """(rotations, C): row 0 describes the upright query, rows 1.. its right-angle rotations, seen at
-        `rotated_scale` of the upright scale. `image` is the query crop; `photo_side` the longest side of
-        the photo it was cut from."""
-        scale = self.conf["max_side"] / (photo_side or max(image.shape[:2]))
-        side = max(self.conf["min_query_side"], max(image.shape[:2]) * scale)
-        upright = resize_for_network(image, side)
-        fmaps = [self.backbone(upright[None])[0]]
-        if rotations > 1:
-            small = resize_for_network(image, max(self.conf["min_query_side"], side * rotated_scale))
-            fmaps += [self.backbone(np.ascontiguousarray(np.rot90(small, turns))[None])[0] for turns in range(1, rotations)]
+    def query(self, image: np.ndarray, photo_side: int | None = None,
+              views: tuple[tuple[float, int], ...] = ((1.0, 0),)) -> np.ndarray:
+        """(len(views), C) descriptors of the query crop `image`, one per view (scale, quarter turns): the
+        crop is seen at `scale` times the scale its whole photo (longest side `photo_side`) would be seen
+        at, turned by that many times 90 degrees. Views of one shape run as one batch."""
+        base = self.conf["max_side"] / (photo_side or max(image.shape[:2]))
+        side = max(image.shape[:2]) * base
+        resized = {scale: resize_for_network(image, max(self.conf["min_query_side"], side * scale)) for scale, _ in views}
+        inputs = [np.ascontiguousarray(np.rot90(resized[scale], turns)) for scale, turns in views]
+        out = np.empty((len(views), self.backbone.channels), np.float32)
         whole = [(0.0, 1.0, 0.0, 1.0)]
-        return np.concatenate([l2_normalise(pool_regions(f, whole, self.conf["p"])) for f in fmaps])
+        for shape in dict.fromkeys(x.shape for x in inputs):
+            rows = [i for i, x in enumerate(inputs) if x.shape == shape]
+            fmaps = self.backbone(np.stack([inputs[i] for i in rows]))
+            for i, fmap in zip(rows, fmaps):
+                out[i] = l2_normalise(pool_regions(fmap, whole, self.conf["p"]))[0]
+        return out

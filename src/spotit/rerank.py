@@ -13,16 +13,28 @@ confs = {
     # Verified images (inliers >= min_inliers) get weight * inliers / (inliers + half) on top of their CNN
     # score: they outrank unverified ones, more inliers count more, with diminishing returns.
     # The shortlist holds `shortlist` images: up to `rotated_shortlist` best by the query turned by 90, 180
-    # and 270 degrees (seen at `rotated_scale` of the upright scale), the rest by the upright CNN score.
-    # Turned queries only bring rotated views into the shortlist: scoring by them let unrelated images
-    # in (-0.07 mAP on Holidays). Query expansion averages the query with the best-matching region of up
-    # to `qe` images verified with >= qe_min_inliers, and re-scores the whole gallery with it.
+    # and 270 degrees, the rest by the upright CNN score.
+    # A whole photo as query (a scene): turned queries, seen at `rotated_scale` of the upright scale, only
+    # bring rotated views into the shortlist: scoring by them let unrelated images in (-0.07 mAP on
+    # Holidays, whose scenes are upright). A boxed query is an object, which photos show at any angle and
+    # size: it is seen at each of `boxed_scales` (the object smaller than in the query photo, as it is in
+    # most other photos) and each turn, and scored by its best view.
+    # Query expansion averages the query with the best-matching region of up to `qe` images verified with
+    # >= qe_min_inliers, and re-scores the whole gallery with it.
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
-                "min_inliers": 8, "weight": 1.0, "half": 40, "qe": 2, "qe_min_inliers": 15, "verify": "default"},
+                "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40, "qe": 2,
+                "qe_min_inliers": 15, "verify": "default"},
 }
 # steps of the ablation in benchmarks/ablation.py
 confs["no-qe"] = {**confs["default"], "qe": 0}
-confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0}
+confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0, "boxed_scales": (1.0,)}
+
+
+def query_views(conf: dict, boxed: bool) -> tuple[tuple[float, int], ...]:
+    """(scale, quarter turns) of each query view to describe; the first is the upright query itself."""
+    if boxed:
+        return tuple((scale, turns) for scale in conf["boxed_scales"] for turns in range(conf["query_rotations"]))
+    return ((1.0, 0),) + tuple((conf["rotated_scale"], turns) for turns in range(1, conf["query_rotations"]))
 
 
 def fuse(cnn: np.ndarray, inliers: np.ndarray, conf: dict) -> np.ndarray:
@@ -53,18 +65,21 @@ def region_scores(regions: np.ndarray, per_image: int, vectors: np.ndarray) -> n
     return (vectors @ regions).reshape(len(vectors), -1, per_image).max(axis=2)
 
 
-def rerank(query: LocalFeatures, names: list[str], upright: np.ndarray, rotated: np.ndarray, read,
-           sides: list[float], conf: dict, regions: np.ndarray, per_image: int,
+def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names: list[str], upright: np.ndarray,
+           rotated: np.ndarray, read, sizes: list[tuple[int, int]], conf: dict, regions: np.ndarray, per_image: int,
            query_vector: np.ndarray) -> tuple[np.ndarray, dict[int, Verification]]:
     """Verify the shortlist; returns the final scores of every image and each verification by row.
+    `query_size` is the query crop's (width, height), `sizes` each gallery photo's; `boxed`: the query
+    was cut from a photo by a box.
 
     `regions` holds the gallery's region descriptors as columns, as `region_scores` takes them."""
     rows = shortlist(upright, rotated, conf)
-    verifications = verify_many(query, [read(names[i]) for i in rows], [sides[i] for i in rows], verify_confs[conf["verify"]])
+    verifications = verify_many(query, [read(names[i]) for i in rows], query_size, [sizes[i] for i in rows], boxed,
+                                verify_confs[conf["verify"]])
     checks = dict(zip(rows, verifications))
-    inliers = np.zeros(len(names))
+    inliers = np.zeros(len(names))  # the evidence: inliers weighted by where they lie in the box
     for i, check in checks.items():
-        inliers[i] = check.inliers
+        inliers[i] = check.score
     verified = inliers >= conf["min_inliers"]
     # a verified image seen turned counts with the rotated query's score
     base = np.where(verified, np.maximum(upright, rotated), upright)
@@ -83,6 +98,6 @@ def locate(check: Verification | None, width: int, height: int, conf: dict = con
     """Where the query box lies in the gallery image: (4, 2) corners, or None when not verified.
 
     The crop's keypoints are in crop pixels, so the box is the crop's own rectangle."""
-    if check is None or check.transform is None or check.inliers < conf["min_inliers"]:
+    if check is None or check.transform is None or check.score < conf["min_inliers"]:
         return None
     return map_box(check.transform, width, height)

@@ -99,10 +99,10 @@ class Snapshot:
         return self.cached(f"reader-{kind}", lambda: self.store.local_reader(kind))
 
     @property
-    def sides(self) -> list[int]:
-        """Longest side of each gallery photo, for the fit's pixel threshold."""
+    def sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of each gallery photo, upright: verification's geometry needs them."""
         images = self.manifest["images"]
-        return self.cached("sides", lambda: [max(images[n]["width"], images[n]["height"]) for n in self.names])
+        return self.cached("sizes", lambda: [(images[n]["width"], images[n]["height"]) for n in self.names])
 
     def whitened(self) -> tuple[np.ndarray, Whitening | None, int]:
         """(region columns, whitening, regions per image): stored by the writer's commit, or derived here
@@ -132,16 +132,19 @@ class Searcher:
         """Seed CNN: cosine similarity of global descriptors."""
         return snap.dense("global") @ self.extractor("global")(query)
 
-    def regional(self, snap: Snapshot, query: np.ndarray, photo_side: int | None = None):
+    def regional(self, snap: Snapshot, query: np.ndarray, photo_side: int | None = None, boxed: bool = False):
         """Best cosine similarity between the query and any region of each gallery image, in the whitened
-        space: (upright scores, best scores of the rotated query, whitened upright query vector).
-        `photo_side`: longest side of the photo the query was cropped from."""
+        space: (scores, best scores of the turned query, whitened upright query vector).
+        `photo_side`: longest side of the photo the query was cropped from. A boxed query scores by its
+        best view (rerank.confs); a whole photo by its upright view."""
         columns, whitening, per_image = snap.whitened()
-        descriptors = self.extractor("regions").query(query, photo_side, self.conf["query_rotations"],
-                                                      self.conf["rotated_scale"])
+        descriptors = self.extractor("regions").query(query, photo_side, rerank.query_views(self.conf, boxed))
         if whitening is not None:
             descriptors = whitening(descriptors)
         sims = rerank.region_scores(columns, per_image, descriptors)
+        if boxed:
+            best = sims.max(axis=0)
+            return best, best, descriptors[0]
         rotated = sims[1:].max(axis=0) if len(sims) > 1 else np.full(len(snap.names), -np.inf)
         return sims[0], rotated, descriptors[0]
 
@@ -153,31 +156,31 @@ class Searcher:
                   for n in tqdm(snap.names, desc="matching", disable=not progress)]
         return np.array(counts, np.float32)
 
-    def hybrid(self, snap: Snapshot, query: np.ndarray, photo_side: int):
+    def hybrid(self, snap: Snapshot, query: np.ndarray, photo_side: int, boxed: bool):
         """Regional shortlist re-ranked by spatial verification: (scores, verifications by row)."""
         with ThreadPoolExecutor(1) as pool:  # the query's SIFT (OpenCV, no GIL) runs beside the CNN
             query_local = pool.submit(self.extractor("verify"), query)
-            scores, rotated, query_vector = self.regional(snap, query, photo_side)
+            scores, rotated, query_vector = self.regional(snap, query, photo_side, boxed)
             query_local = query_local.result()
         columns, _, per_image = snap.whitened()
-        return rerank.rerank(query_local, snap.names, scores, rotated, snap.reader("verify"), snap.sides,
-                             self.conf, columns, per_image, query_vector)
+        return rerank.rerank(query_local, (query.shape[1], query.shape[0]), boxed, snap.names, scores, rotated,
+                             snap.reader("verify"), snap.sizes, self.conf, columns, per_image, query_vector)
 
-    def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int):
+    def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool):
         """(scores, verifications or None) of every gallery image for one query crop."""
         if method == "cnn":
             return self.cnn(snap, crop), None
         if method == "sift":
             return self.sift(snap, crop, progress), None
         if method == "regional":
-            return self.regional(snap, crop, photo_side)[0], None
-        return self.hybrid(snap, crop, photo_side)
+            return self.regional(snap, crop, photo_side, boxed)[0], None
+        return self.hybrid(snap, crop, photo_side, boxed)
 
     def search(self, snap: Snapshot, image: np.ndarray, boxes: list[Box], method: str, top: int | None,
                progress: bool = False) -> list[Result]:
         """Rank the snapshot's gallery for `image` cropped to each box; several boxes merge by best score."""
         crops = [image[y : y + h, x : x + w] for x, y, w, h in boxes] or [image]
-        per_crop = [self.scores(snap, crop, method, progress, max(image.shape[:2])) for crop in crops]
+        per_crop = [self.scores(snap, crop, method, progress, max(image.shape[:2]), bool(boxes)) for crop in crops]
         stacked = np.stack([scores for scores, _ in per_crop])
         best_crop = stacked.argmax(axis=0)
         merged = stacked.max(axis=0)

@@ -11,15 +11,24 @@ from .local_features import LocalFeatures
 from .matching import ratio_matches_unit
 
 confs = {
-    # the ratio is looser than the seed's 0.75: RootSIFT plus a geometric check rejects what it lets through
-    "default": {"ratio": 0.8, "min_matches": 6, "threshold": 0.012, "max_iters": 1000, "confidence": 0.999},
+    # The ratio is looser than the seed's 0.75: RootSIFT plus a geometric check rejects what it lets through.
+    # A fit is sound only if it maps the query box to a convex quadrilateral of at least `min_side` px
+    # squared, stretched at most `max_anisotropy` times more in one direction than the other (steep
+    # foreshortening; squashed slivers are what chance matches fit) and, for a boxed object, mostly
+    # (`min_inside`) within the photo. (A whole photo as query maps beyond a photo showing part of its scene.)
+    # With a box, inliers in the box's inner `centre` part count fully and those nearer its border count
+    # `border_weight`: a box around an object holds background at its edges, which matches other photos
+    # of the same place that lack the object.
+    "default": {"ratio": 0.8, "min_matches": 6, "threshold": 0.012, "max_iters": 1000, "confidence": 0.999,
+                "max_anisotropy": 4.0, "min_side": 24, "min_inside": 0.5, "centre": 0.6, "border_weight": 0.25},
 }
 
 
 @dataclass
 class Verification:
-    inliers: int
+    inliers: int  # matches consistent with the transform
     transform: np.ndarray | None  # 3x3, query pixels -> gallery pixels
+    score: float = 0.0  # the inliers weighted by where they lie in the query box (see confs)
 
 
 _SQRT = np.sqrt(np.arange(256, dtype=np.float32))
@@ -34,7 +43,7 @@ def rootsift(descriptors: np.ndarray) -> np.ndarray:
     return out
 
 
-def plausible(transform: np.ndarray) -> bool:
+def plausible(transform: np.ndarray | None) -> bool:
     """Reject fits that flip, collapse or explode the image: no real view of an object does that."""
     if transform is None or not np.all(np.isfinite(transform)):
         return False
@@ -43,39 +52,80 @@ def plausible(transform: np.ndarray) -> bool:
     return 1e-3 < det < 1e3 and np.all(np.abs(transform[2, :2]) < 0.01)
 
 
-def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, gallery_side: float,
-        conf: dict = confs["default"]) -> Verification:
+def anisotropy(transform: np.ndarray, x: float, y: float) -> float:
+    """How much more the transform stretches one direction than another at (x, y): the ratio of the
+    singular values of its Jacobian there (1 for a similarity)."""
+    p = transform @ np.array([x, y, 1.0])
+    z = p[2]
+    jacobian = (transform[:2, :2] * z - np.outer(p[:2], transform[2, :2])) / (z * z)
+    high, low = np.linalg.svd(jacobian, compute_uv=False)
+    return float(high / low) if low > 0 else float("inf")
+
+
+def sound(transform: np.ndarray | None, query_size: tuple[float, float], gallery_size: tuple[float, float],
+          boxed: bool = True, conf: dict = confs["default"]) -> bool:
+    """Whether the fit is a geometrically sound view of the query box in the gallery photo (see confs)."""
+    if not plausible(transform):
+        return False
+    width, height = query_size
+    quad = map_box(transform, width, height).astype(np.float32)
+    if not np.all(np.isfinite(quad)) or not cv2.isContourConvex(quad.reshape(-1, 1, 2)):
+        return False  # self-crossing or folded: no view of a flat box does that
+    area = abs(cv2.contourArea(quad))
+    if area < conf["min_side"] ** 2 or anisotropy(transform, width / 2, height / 2) > conf["max_anisotropy"]:
+        return False
+    if not boxed:
+        return True
+    photo = np.array([[0, 0], [gallery_size[0], 0], [gallery_size[0], gallery_size[1]], [0, gallery_size[1]]], np.float32)
+    inside, _ = cv2.intersectConvexConvex(quad, photo)
+    return inside >= conf["min_inside"] * area
+
+
+def centre_weighted(points: np.ndarray, query_size: tuple[float, float], conf: dict = confs["default"]) -> float:
+    """Inlier count with those near the border of the query box discounted (see confs)."""
+    width, height = query_size
+    offset = np.maximum(np.abs(points[:, 0] / width - 0.5), np.abs(points[:, 1] / height - 0.5)) * 2
+    return float(np.where(offset < conf["centre"], 1.0, conf["border_weight"]).sum())
+
+
+def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, query_size: tuple[float, float],
+        gallery_size: tuple[float, float], boxed: bool = True, conf: dict = confs["default"]) -> Verification:
     """A robust homography (MAGSAC) through the matches, falling back to an affine fit when the homography
-    is implausible. Inliers count only for a plausible transform."""
+    is not sound. Inliers count only for a sound transform. `boxed`: the query is a box cut from a photo."""
     if len(matches) < conf["min_matches"]:
         return Verification(0, None)
     src = query.keypoints[matches[:, 0], :2].astype(np.float32)
     dst = gallery.keypoints[matches[:, 1], :2].astype(np.float32)
-    threshold = max(2.0, conf["threshold"] * gallery_side)
+    threshold = max(2.0, conf["threshold"] * max(gallery_size))
     transform, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold, maxIters=conf["max_iters"],
                                          confidence=conf["confidence"])
-    if transform is None or not plausible(transform):
+    if transform is None or not sound(transform, query_size, gallery_size, boxed, conf):
         affine, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold,
                                             maxIters=conf["max_iters"], confidence=conf["confidence"])
         if affine is None:
             return Verification(0, None)
         transform = np.vstack([affine, [0.0, 0.0, 1.0]])
-        if not plausible(transform):
+        if not sound(transform, query_size, gallery_size, boxed, conf):
             return Verification(0, None)
-    inliers = int(mask.sum()) if mask is not None else 0
-    return Verification(inliers, transform)
+    inlying = mask.ravel().astype(bool) if mask is not None else np.zeros(len(src), bool)
+    inliers = int(inlying.sum())
+    score = centre_weighted(src[inlying], query_size, conf) if boxed else float(inliers)
+    return Verification(inliers, transform, score)
 
 
-def verify_many(query: LocalFeatures, galleries: list[LocalFeatures], gallery_sides: list[float],
+def verify_many(query: LocalFeatures, galleries: list[LocalFeatures], query_size: tuple[float, float],
+                gallery_sizes: list[tuple[float, float]], boxed: bool = True,
                 conf: dict = confs["default"]) -> list[Verification]:
-    """Verify the query against each gallery image: RootSIFT ratio-test matches, then `fit`."""
+    """Verify the query (of `query_size` pixels) against each gallery image: RootSIFT ratio-test matches,
+    then `fit`."""
     matches = ratio_matches_unit(rootsift(query.descriptors), [rootsift(g.descriptors) for g in galleries], conf["ratio"])
-    return [fit(query, g, m, side, conf) for g, m, side in zip(galleries, matches, gallery_sides)]
+    return [fit(query, g, m, query_size, size, boxed, conf) for g, m, size in zip(galleries, matches, gallery_sizes)]
 
 
-def verify(query: LocalFeatures, gallery: LocalFeatures, gallery_side: float, conf: dict = confs["default"]) -> Verification:
+def verify(query: LocalFeatures, gallery: LocalFeatures, query_size: tuple[float, float],
+           gallery_size: tuple[float, float], boxed: bool = True, conf: dict = confs["default"]) -> Verification:
     """Verify one pair (see `verify_many`)."""
-    return verify_many(query, [gallery], [gallery_side], conf)[0]
+    return verify_many(query, [gallery], query_size, [gallery_size], boxed, conf)[0]
 
 
 def map_box(transform: np.ndarray, width: float, height: float) -> np.ndarray:
