@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,63 @@ def test_the_exported_model_in_the_cache_honours_the_umask(demo_index, model_cac
 
     models = list((model_cache / "models").glob("*.onnx"))
     assert models and all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~current_umask() for p in models)
+
+
+def test_outputs_are_written_through_symlinks_fifos_and_hard_links(demo_index, batch, tmp_path):
+    queries, boxes = batch
+    real = tmp_path / "real.txt"
+    real.write_text("old")
+    real.chmod(0o640)
+    (tmp_path / "link.txt").symlink_to(real)
+    os.link(real, tmp_path / "hard.txt")
+    base = ["search", "--queries", str(queries), "--boxes", str(boxes), "--index", str(demo_index.store.root),
+            "--method", "cnn", "--quiet", "--ranklist"]
+    assert main([*base, str(tmp_path / "link.txt")]) == 0
+    assert (tmp_path / "link.txt").is_symlink() and set(read_ranklist(real)) == {"1", "2"}
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640  # an existing file keeps its mode, as with `>`
+    real.write_text("old")
+    assert main([*base, str(tmp_path / "hard.txt")]) == 0
+    assert real.stat().st_nlink == 2 and set(read_ranklist(real)) == {"1", "2"}
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    import threading
+
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    assert main([*base, str(fifo)]) == 0
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and received and received[0].startswith("Q1: ")
+
+
+def test_demo_into_an_unwritable_place_is_a_one_line_error(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out in (afile / "sub", Path("/proc/spotit-demo")):
+        assert main(["demo", "--out", str(out), "--quiet"]) == 2
+        one_line_error(capsys)
+
+
+def test_a_box_file_is_found_by_the_query_stem_when_names_clash(demo_index, demo, tmp_path, capsys):
+    queries, boxes = tmp_path / "query", tmp_path / "query_txt"
+    queries.mkdir(), boxes.mkdir()
+    shutil.copy(demo["query"], queries / "1.jpg")
+    Image.open(demo["query"]).save(queries / "1.png")
+    (boxes / "1.txt").write_text(" ".join(map(str, demo["box"])) + "\n")
+    assert main(["search", "--queries", str(queries), "--boxes", str(boxes), "--index", str(demo_index.store.root),
+                 "--method", "cnn", "--ranklist", str(tmp_path / "r.txt"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [q["boxes"] for q in payload["queries"]] == [[list(demo["box"])]] * 2
+
+
+def test_a_symlinked_folder_is_reported_not_silently_left_out(gallery_copy, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (gallery_copy / "linked").symlink_to(elsewhere)
+    assert main(["index", str(gallery_copy), "--index", str(tmp_path / "idx"), "--method", "cnn", "--quiet"]) == 0
+    assert "linked: symlinked folder, not followed" in capsys.readouterr().out
+
+
+def test_moved_is_refused_where_it_cannot_apply(gallery_copy, tmp_path, capsys):
+    assert main(["index", str(gallery_copy), "--index", str(tmp_path / "new"), "--moved", "--quiet"]) == 2
+    assert "holds no index yet" in one_line_error(capsys)

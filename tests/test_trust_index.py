@@ -304,3 +304,118 @@ def test_writer_lock_is_exclusive_between_two_holders_in_one_process(tmp_path):
         WriterLock(tmp_path).acquire()
     first.release()
     WriterLock(tmp_path).acquire().release()
+
+
+def test_updates_never_delete_user_files_that_look_like_spotits(gallery_copy, tmp_path):
+    index_dir = tmp_path / "idx"
+    Index.create(index_dir, gallery_copy, ["hybrid"]).update(progress=False)
+    lookalikes = [index_dir / ".notes.tmp", index_dir / "regions-whitened.npz", index_dir / "regions-whitened-999.npz",
+                  index_dir / "shards" / "123456.h5", index_dir / "shards" / ".backup.tmp"]
+    for path in lookalikes:
+        path.write_text("a user's file")
+    (gallery_copy / "cat-1.jpg").unlink()
+    Index.open(index_dir).update(progress=False)
+    Index.open_or_create(index_dir, gallery_copy, ["hybrid"], rebuild=True).update(progress=False)
+    assert all(path.read_text() == "a user's file" for path in lookalikes)
+    assert len(list((index_dir / "shards").glob("0*.h5"))) == 1  # spotit's own old shards are gone
+
+
+def test_a_gallery_name_that_is_not_utf8_is_indexed_like_any_other(noise_image, tmp_path):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    noise_image(gallery / "plain.jpg", seed=1)
+    odd = os.fsdecode(b"bad\xff\xfe.jpg")
+    noise_image(gallery / odd, seed=2)
+    index = Index.create(tmp_path / "idx", gallery, ["cnn"])
+    assert index.update(progress=False).added == 2
+    hits = index.search(gallery / odd, top=None)
+    assert hits[0].id == os.fsdecode(b"bad\xff\xfe") and len(hits) == 2
+    json.dumps([h.to_dict() for h in hits])  # the JSON output escapes it
+
+
+def test_searches_keep_working_during_a_rebuild_with_the_same_settings(gallery_copy, tmp_path):
+    index_dir = tmp_path / "idx"
+    Index.create(index_dir, gallery_copy, ["cnn"]).update(progress=False)
+    reader = Index.open(index_dir)
+    rebuilding = Index.open_or_create(index_dir, gallery_copy, ["cnn"], rebuild=True)
+    assert len(reader.search(gallery_copy / "cat-1.jpg", top=None)) == 20  # old features, until replaced
+    assert rebuilding.update(progress=False).updated == 20
+
+
+def test_a_long_lived_index_follows_a_moved_or_rebuilt_index(gallery_copy, tmp_path, demo):
+    index_dir = tmp_path / "idx"
+    Index.create(index_dir, gallery_copy, ["cnn"]).update(progress=False)
+    reader = Index.open(index_dir)
+    assert len(reader.search(gallery_copy / "cat-1.jpg", top=None)) == 20
+    moved = gallery_copy.rename(tmp_path / "moved")
+    Index.open_or_create(index_dir, moved, ["cnn"], moved=True).update(progress=False)
+    assert reader.search(moved / "cat-1.jpg", top=1)[0].path == str(moved / "cat-1.jpg")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(moved / "cat-1.jpg", other / "only.jpg")
+    Index.open_or_create(index_dir, other, ["hybrid"], rebuild=True).update(progress=False)
+    assert [h.id for h in reader.search(other / "only.jpg", top=None)] == ["only"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"boxes": [(1, 2, 3)]}, "four numbers"),
+    ({"boxes": ["1,,2,3,4"]}, "four numbers"),
+    ({"boxes": [(float("nan"), 0, 5, 5)]}, "non-finite"),
+    ({"top": 0}, "at least 1"),
+    ({"top": 2.5}, "at least 1"),
+    ({"query": np.zeros((0, 0, 3), np.uint8)}, "too small"),
+    ({"query": np.zeros((20, 20, 2), np.uint8)}, "HxWx3"),
+])
+def test_bad_python_api_arguments_raise_spotit_error(demo, demo_index, bad, message):
+    arguments = {"query": demo["query"], **bad}
+    with pytest.raises(SpotitError, match=message):
+        demo_index.search(**arguments)
+
+
+def test_python_api_accepts_one_box_alone_float_boxes_and_any_array_depth(demo, demo_index):
+    from spotit.images import load_image
+
+    image = load_image(demo["query"])
+    expected = [h.id for h in demo_index.search(image, [demo["box"]], method="cnn", top=3)]
+    assert [h.id for h in demo_index.search(image, tuple(demo["box"]), method="cnn", top=3)] == expected
+    assert [h.id for h in demo_index.search(image, [[v + 0.2 for v in demo["box"]]], method="cnn", top=3)] == expected
+    as_float = image.astype(np.float32) / 255
+    assert [h.id for h in demo_index.search(as_float, [demo["box"]], method="cnn", top=3)] == expected
+    as_16_bit = image.astype(np.uint16) * 257
+    assert [h.id for h in demo_index.search(as_16_bit, [demo["box"]], method="cnn", top=3)] == expected
+
+
+@pytest.mark.parametrize("methods", ["hybrid", ("nope",), ()])
+def test_index_methods_are_checked_before_anything_is_written(gallery_copy, tmp_path, methods):
+    if methods == "hybrid":  # a single name is one method, not a list of letters
+        assert Index.create(tmp_path / "idx", gallery_copy, methods).methods_built == ["hybrid"]
+        return
+    with pytest.raises(SpotitError, match="unknown method"):
+        Index.create(tmp_path / "idx", gallery_copy, methods)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_a_refused_creation_leaves_no_trap(gallery_copy, tmp_path):
+    with pytest.raises(SpotitError, match="gallery folder not found"):
+        Index.create(tmp_path / "idx", tmp_path / "missing")
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "write.lock").write_text("")  # what an older refused creation could leave
+    assert Index.create(tmp_path / "idx", gallery_copy, ["cnn"]).update(progress=False).added == 20
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_saving_does_not_abort(tmp_path):
+    gallery = write_photos(tmp_path / "gallery", 80)
+    process = subprocess.Popen([*SPOTIT, "index", str(gallery), "--index", str(tmp_path / "idx"), "--method", "cnn"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not re.search(rb"\b([5-9]|\d\d)/80", seen):
+        seen += os.read(process.stderr.fileno(), 4096)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    err = (seen + err).decode()
+    assert process.returncode == 130 and "FATAL" not in err and "terminate called" not in err, err
+    assert len(Store.open(tmp_path / "idx").manifest["images"]) >= 5

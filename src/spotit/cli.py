@@ -50,7 +50,8 @@ def eprint(*args) -> None:
 
 def add_index_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", type=Path, default=None,
-                        help=f"index folder (default: $SPOTIT_INDEX or {default_index_dir()})")
+                        help="index folder (default: $SPOTIT_INDEX, else $XDG_DATA_HOME/spotit/index, else "
+                             "~/.local/share/spotit/index)")
 
 
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
@@ -95,8 +96,8 @@ def cmd_index(args) -> int:
         say(f"  {report.images_per_s:.1f} images/s")
     if report.skipped:
         say(f"  skipped {len(report.skipped)} file(s):")
-        for name, reason in report.skipped:
-            say(f"    {name}: {reason}")
+        for name, reason in sorted(report.skipped):
+            say(f"    {format_name(name)}: {reason}")
     return 0
 
 
@@ -187,7 +188,7 @@ def search_batch(args) -> int:
         try:
             boxes = []
             if args.boxes is not None:
-                box_file = args.boxes / f"{name}.txt"
+                box_file = args.boxes / f"{path.stem}.txt"
                 if box_file.is_file():
                     boxes = read_box_file(box_file)
                 else:
@@ -206,7 +207,7 @@ def search_batch(args) -> int:
         if args.json:
             report.append({"query": path.name, "boxes": boxes, "results": [r.to_dict() for r in results[: args.top]]})
         else:
-            print_top(f"Q{format_name(name, query=True)} ({args.method}):", results, min(args.top or 10, 10))
+            print_top(f"Q{format_name(name, query=True)} ({args.method}):", results, args.top)
     ranklist = args.ranklist or DEFAULT_RANKLIST
     write_ranklist(ranklist, lines)
     if args.json:
@@ -228,6 +229,7 @@ def cmd_demo(args) -> int:
     from .demo import make_demo
     from .grid import save_grid
 
+    check_output_dir(args.out, "--out folder")
     made = make_demo(args.out, seed=args.seed)
     say(f"demo gallery: {made['gallery']} ({sum(1 for _ in made['gallery'].iterdir())} photos)")
     index = Index.open_or_create(args.out / "index", made["gallery"], [args.method], rebuild=True)
@@ -345,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ranking method (default: {DEFAULT_METHOD} if the index serves it)")
     p.add_argument("--top", type=positive_int, default=10, help="results to show (default: 10)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--grid", type=Path, help="write a PNG of the query and its 10 best results (a folder in batch mode)")
+    p.add_argument("--grid", type=Path, help="write a PNG of the query and its --top best results (a folder of them in batch mode)")
     p.add_argument("--queries", type=Path, help="batch mode: folder of query images")
     p.add_argument("--boxes", type=Path, help="batch mode: folder of NAME.txt box files, one 'x y w h' line per box")
     p.add_argument("--ranklist", type=Path, help=f"batch mode: rank list to write (default: {DEFAULT_RANKLIST})")
@@ -367,11 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
     p.add_argument("--index", type=Path, default=None, help="index folder (default: one per dataset in the cache folder)")
     p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
-    p.add_argument("--max-queries", type=positive_int, default=None, help="evaluate at most N queries, evenly spread (slow methods)")
+    p.add_argument("--max-queries", type=positive_int, default=None, metavar="N", help="evaluate at most N queries, evenly spread (slow methods)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON holding every figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = subcommand(sub, "bench", "benchmark tools (make-clutter)", "Tools that make benchmark sets.", None)
+    p.epilog = EXAMPLES["make-clutter"]
     bench = p.add_subparsers(dest="bench_command", metavar="TOOL", required=True)
     p = subcommand(bench, "make-clutter", "paste object views into scene photos: a boxed-query benchmark",
                    "Paste views of objects into scene photos: a boxed-query benchmark in the assignment's layout, "
@@ -379,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("objects_set", metavar="OBJECTS", type=Path, help="set with images/ + groundtruth.json grouping views of objects")
     p.add_argument("scenes", metavar="SCENES", type=Path, help="folder (or set) of scene photos")
     p.add_argument("out", metavar="OUT", type=Path, help="new folder for the benchmark")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed makes the same set (default: 0)")
     p.add_argument("--objects", type=positive_int, default=60, help="objects with a boxed query (default: 60)")
     p.add_argument("--distractor-scenes", type=int, default=300, help="gallery scenes without an object (default: 300)")
     p.add_argument("--distractor-objects", type=int, default=60, help="other objects pasted as distractors (default: 60)")
@@ -407,8 +410,12 @@ def join_negative_boxes(argv: list[str]) -> list[str]:
     return out
 
 
-def interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # `kill` stops an update as Ctrl-C does: finished photos are committed first
+def interrupt_once(signum, frame):
+    """Ctrl-C or `kill` stop spotit as KeyboardInterrupt; further ones are ignored while the finished
+    work is committed (a second Ctrl-C there would tear down the worker threads mid-call)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     on_main_thread = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGTERM, interrupt_on_sigterm) if on_main_thread else None
+    old_handlers = {sig: signal.signal(sig, interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main_thread else {}
     started = time.perf_counter()
     try:
         code = args.func(args)
@@ -433,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         eprint("spotit: interrupted")
         return 130
     finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
     eprint(f"{args.command} took {time.perf_counter() - started:.1f} s")
     return code
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,28 +25,47 @@ def current_umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
-    """Yield a temporary path beside `path`; on success it replaces `path`, with mode 0666 less the umask.
+TEMPORARY_PREFIX = ".spotit-"  # temporary files are named .spotit-NAME.XXXXXXXX.tmp
 
-    mkstemp creates files as 0600 whatever the umask: without the chmod every output would be private."""
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", mode: int | None = None):
+    """Yield a temporary path beside `path`; on success it replaces `path`, with `mode`, or 0666 less the
+    umask. mkstemp creates files as 0600 whatever the umask: without the chmod every output would be private."""
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.name}.", suffix=suffix)
     os.close(handle)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    with atomic_path(path, mode=mode) as tmp, open(tmp, "wb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+
+
+def write_output(path: str | os.PathLike, data: bytes) -> None:
+    """A file the user asked for (a rank list, a grid), written as the shell's `>` would, but atomically
+    where that is safe: through a symlink (the link stays), into a device, FIFO or hard-linked file (never
+    replaced by a new file), keeping an existing file's mode."""
+    target = Path(os.path.realpath(path))
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
+        with open(target, "wb") as out:
+            out.write(data)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data, stat.S_IMODE(existing.st_mode) if existing is not None else None)
 
 
 def _probe_writable(folder: Path, what: str, target: Path) -> None:
@@ -71,7 +91,9 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise SpotitError(f"{what} {path} is a folder; give a file name")
-    _probe_writable(_first_existing(path.parent), what, path)
+    if path.exists() and not path.is_file():
+        return path  # a device or FIFO: written into, as `>` would
+    _probe_writable(_first_existing(Path(os.path.realpath(path)).parent), what, path)
     return path
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .images import Box, ImageError, load_image
-from .fileio import atomic_write_bytes
+from .fileio import write_output
 
 TILE = 240
 COLUMNS = 6
@@ -140,13 +140,15 @@ def fit_text(prefix: str, units: list[str], width: float, font, ellipsis: str = 
     return cut(low)
 
 
-def caption_lines(rank: int, name: str, score: float, inliers: int | None, width: float, font=None, codepoints=None):
-    """The two lines under a result tile: `#rank name` and `score  N inliers`, each fitted to `width` pixels."""
+def caption_lines(rank: int, name: str, score: float, inliers: int | None, width: float, font=None, codepoints=None,
+                  stale: str | None = None):
+    """The two lines under a result tile: `#rank name` and `score  N inliers` (or `deleted` / `changed`
+    when the photo is no longer what was indexed), each fitted to `width` pixels."""
     if font is None:
         font, codepoints = caption_font()
     ellipsis = ELLIPSIS if ord(ELLIPSIS) in codepoints else "..."
     first = fit_text(f"#{rank} ", display_units(name, codepoints), width, font, ellipsis)
-    rest = f"  {inliers} inliers" if inliers is not None else ""
+    rest = f"  {stale} since indexing" if stale else f"  {inliers} inliers" if inliers is not None else ""
     second = fit_text(f"{score:.3g}", list(rest), width, font, ellipsis)
     return [first, second]
 
@@ -202,20 +204,21 @@ def render_grid(query: np.ndarray, boxes: list[Box], results, top: int = 10) -> 
 
     place(0, _tile(query, boxes, QUERY_COLOUR), ["query"], QUERY_COLOUR)
     for rank, hit in enumerate(results, 1):
-        verified = getattr(hit, "quad", None) is not None
+        stale = getattr(hit, "stale", None)
+        verified = getattr(hit, "quad", None) is not None and not stale  # a changed photo's outline is stale too
         try:
             tile = _tile(load_image(hit.path), [], FOUND_COLOUR, [hit.quad] if verified else [])
         except ImageError:  # the gallery changed since indexing; keep the slot, say why
             tile = Image.new("RGB", (TILE, TILE), (90, 90, 90))
+            stale = stale or "unreadable"
         inliers = getattr(hit, "inliers", None) if verified else None
-        place(rank, tile, caption_lines(rank, hit.id, hit.score, inliers, TILE - 2 * PAD, font, codepoints))
+        place(rank, tile, caption_lines(rank, hit.id, hit.score, inliers, TILE - 2 * PAD, font, codepoints, stale))
     return sheet
 
 
 def save_grid(path: str | os.PathLike, query: np.ndarray, boxes: list[Box], results, top: int = 10) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     render_grid(query, boxes, results, top).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    write_output(path, buffer.getvalue())
     return path

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, TiffImagePlugin
 
 from .errors import SpotitError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 # 250 MP holds the largest camera output today (200 MP phone sensors, 16320x12240) with room to spare,
 # yet decodes to 750 MB of RGB (a few GB at peak for 16-bit or float files): what a laptop survives.
@@ -60,6 +60,9 @@ def scan_images(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str
     # os.walk does not follow folder symlinks, so a symlink loop cannot make it recurse forever
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):  # said, so that its photos are not silently missing
+                skipped.append((_relative(Path(dirpath) / name, root), "symlinked folder, not followed"))
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
                 path = Path(dirpath) / name
@@ -312,14 +315,21 @@ def as_image(image: str | os.PathLike | np.ndarray, max_pixels: int | None = DEF
             image = np.stack([image] * 3, axis=-1)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise SpotitError(f"query array must be HxWx3 RGB, got shape {image.shape}")
-        return np.ascontiguousarray(image[:, :, :3], dtype=np.uint8)
+        if image.shape[0] < 8 or image.shape[1] < 8:
+            raise SpotitError(f"query array is too small ({image.shape[1]}x{image.shape[0]}); at least 8x8 pixels")
+        if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+            raise SpotitError(f"query array must hold numbers, not {image.dtype}")
+        rgb = _to_8_bits(image[:, :, :3])  # any depth, as files are: floats in [0, 1], 16-bit...
+        if image.shape[2] == 4:
+            rgb = _over_white(rgb, _alpha_to_unit(image[:, :, 3]))
+        return np.ascontiguousarray(rgb)
     return load_image(image, max_pixels)
 
 
 def parse_box(text: str) -> Box:
     """'X,Y,W,H' or 'X Y W H' (numbers, pixels) -> a box; rejects anything else with the reason."""
-    parts = text.replace(",", " ").split()
-    if len(parts) != 4:
+    parts = [p.strip() for p in text.split(",")] if "," in text else text.split()
+    if len(parts) != 4 or not all(parts):
         raise SpotitError(f"box {text.strip()!r} must be four numbers X,Y,W,H")
     try:
         values = [float(p) for p in parts]
@@ -329,6 +339,33 @@ def parse_box(text: str) -> Box:
         raise SpotitError(f"box {text.strip()!r} has a non-finite number")
     x, y, w, h = (int(round(v)) for v in values)
     return (x, y, w, h)
+
+
+def as_boxes(boxes) -> list[Box]:
+    """The Python API's boxes: a list of (x, y, w, h) numbers or 'X,Y,W,H' strings, or one such box alone."""
+    if boxes is None:
+        return []
+    if isinstance(boxes, np.ndarray):
+        boxes = boxes.tolist()
+    if isinstance(boxes, str) or (isinstance(boxes, (list, tuple)) and len(boxes) == 4
+                                  and all(isinstance(v, (int, float, np.number)) for v in boxes)):
+        boxes = [boxes]
+    if not isinstance(boxes, (list, tuple)):
+        raise SpotitError(f"boxes must be a list of (x, y, w, h), got {type(boxes).__name__}")
+    out = []
+    for box in boxes:
+        if isinstance(box, str):
+            out.append(parse_box(box))
+            continue
+        if isinstance(box, np.ndarray):
+            box = box.tolist()
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or \
+                not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in box):
+            raise SpotitError(f"box {box!r} must be four numbers (x, y, w, h)")
+        if not all(np.isfinite(box)):
+            raise SpotitError(f"box {box!r} has a non-finite number")
+        out.append(tuple(int(round(v)) for v in box))
+    return out
 
 
 def read_box_file(path: str | os.PathLike) -> list[Box]:

@@ -12,11 +12,13 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from . import backbones, global_features, local_features
 from .errors import SpotitError
 from .extractors import Extractors
-from .images import DEFAULT_MAX_PIXELS, Box, as_image, check_box
-from .lock import WriterLock
+from .images import DEFAULT_MAX_PIXELS, Box, as_boxes, as_image, check_box
+from .lock import WriterLock, update_running
 from .searcher import METHOD_KINDS, Result, Searcher, Snapshot
 from .store import SnapshotGone, Store, check_index_folder
 from .updater import Updater, UpdateReport
@@ -65,6 +67,15 @@ class Index:
     refuses a second one). Both may run at once, in any number of processes."""
 
     def __init__(self, store: Store, weights: str | os.PathLike | None = None):
+        self.search_conf = "default"  # a name in rerank.confs: shortlist, query rotations, fusion, expansion
+        self._weights = weights
+        self.features: Extractors | None = None
+        self._snapshot: Snapshot | None = None
+        self._swap = threading.Lock()
+        self._take(store)
+
+    def _take(self, store: Store) -> None:
+        """Make `store` (a committed state) this index's; new extractors when another process rebuilt it."""
         manifest = store.manifest
         try:
             current = feature_settings(manifest["backbone"], manifest["confs"])
@@ -75,11 +86,11 @@ class Index:
                 f"index {store.root} was built by spotit {manifest.get('spotit_version', '?')} with other feature "
                 f"settings; rebuild it with `spotit index GALLERY --index {store.root} --rebuild`"
             )
+        if self.features is None or any(manifest.get(k) != self.features.manifest.get(k)
+                                         for k in ("backbone", "weights", "confs")):
+            self.features = Extractors(store.root, manifest, kinds_of(manifest["methods"]), self._weights)
+        self.features.kinds = kinds_of(manifest["methods"])  # another process may have added a method
         self.store = store
-        self.search_conf = "default"  # a name in rerank.confs: shortlist, query rotations, fusion, expansion
-        self.features = Extractors(store.root, manifest, kinds_of(manifest["methods"]), weights)
-        self._snapshot: Snapshot | None = None
-        self._swap = threading.Lock()
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -109,9 +120,12 @@ class Index:
                        wait: bool = False, _new: bool = False) -> "Index":
         """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one.
 
-        `rebuild` empties it first (spotit's own files only); `moved` re-points it to `gallery` when the
-        gallery folder was moved, keeping the features of unchanged photos; `wait` waits for another writer."""
+        `rebuild` extracts every photo again (deleting spotit's own files only; with unchanged settings the
+        old features serve searches until replaced); `moved` re-points it to `gallery` when the gallery
+        folder was moved, keeping the features of unchanged photos; `wait` waits for another writer."""
         path = Path(path or default_index_dir()).absolute()
+        methods = check_methods(methods)
+        backbones.check_backbone(backbone)
         check_index_folder(path)
         gallery_path = Path(gallery).resolve() if gallery is not None else None
         if gallery_path is not None:
@@ -119,6 +133,9 @@ class Index:
                 raise SpotitError(f"gallery folder not found: {gallery_path}")
             if path.resolve() == gallery_path or gallery_path in path.resolve().parents:
                 raise SpotitError(f"the index {path} must be outside the gallery {gallery_path}")
+        if moved and (rebuild or not Store.exists(path)):
+            raise SpotitError("--moved re-points an existing index to its moved gallery; "
+                              f"{'--rebuild extracts every photo anyway' if rebuild else f'{path} holds no index yet'}")
         if _new and Store.exists(path):
             raise SpotitError(f"{path} already holds an index; open it, or rebuild it")
         try:
@@ -126,23 +143,28 @@ class Index:
         except OSError as exc:
             raise SpotitError(f"cannot create the index folder {path}: {exc.strerror}") from None
         with WriterLock(path).acquire(wait):
-            if Store.exists(path) and not rebuild:
-                store = Store.open(path)
-            else:
-                if gallery_path is None:
-                    raise SpotitError("give the gallery folder to build a new index")
-                confs = {**DEFAULT_CONFS, **(confs or {})}
-                backbones.check_backbone(backbone)
-                old = Store.open(path) if Store.exists(path) else None
-                store = Store.create(path, {
-                    "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
-                    "weights": str(Path(weights).resolve()) if weights else None, "weights_sha256": None,
-                    "confs": confs, "feature_settings": feature_settings(backbone, confs),
-                    "next_shard": old.manifest.get("next_shard", 0) if old else 0,
-                })
-                store.remove_unused()  # a rebuild: the old state's files, now that nothing points to them
+            old = Store.open(path) if Store.exists(path) else None
+            if old is None and gallery_path is None:
+                raise SpotitError(f"no index at {path}: give the gallery folder to build one")
+            settings = None if gallery_path is None else {
+                "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
+                "weights": str(Path(weights).resolve()) if weights else None,
+                "confs": {**DEFAULT_CONFS, **(confs or {})},
+            }
+            if settings is not None:
+                settings["feature_settings"] = feature_settings(backbone, settings["confs"])
+            if old is not None and rebuild and same_features(old.manifest, settings):
+                # extract every photo again; until each is replaced, its old features keep serving searches
+                for entry in old.manifest["images"].values():
+                    entry["stale"] = True
+                old.manifest.update(methods=settings["methods"], skipped={})
+                old.commit()
+                return cls(old, weights)
+            if old is None or rebuild or (not old.manifest["images"] and not same_features(old.manifest, settings)):
+                store = Store.create(path, {**settings, "weights_sha256": None}, previous=old)
+                store.remove_unused()  # the old state's files, now that nothing points to them
                 return cls(store, weights)
-            index = cls(store, weights)
+            index = cls(old, weights)
             index._adopt(gallery_path, methods, backbone, moved)
         return index
 
@@ -214,28 +236,20 @@ class Index:
         Finished work is committed every `shard_size` images and when interrupted, so an interrupted
         update keeps it and resumes there. Another running update is refused, or awaited with `wait`."""
         with WriterLock(self.store.root).acquire(wait):
-            writer = self.store.reload()  # the latest state: another writer may have committed since we opened
-            self._check_same_index(writer)
-            self.features.kinds = kinds_of(writer.manifest["methods"])  # another process may have added a method
+            self._take(self.store.reload())  # the latest state: another writer may have committed since we opened
+            writer = self.store.reload()  # the writer's own copy: searches in this process never see it half-done
             try:
                 return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers)
             finally:
-                self.store = writer
-
-    def _check_same_index(self, store: Store) -> None:
-        if store.manifest.get("feature_settings") != self.manifest.get("feature_settings") \
-                or store.manifest.get("gallery") != self.manifest.get("gallery"):
-            raise SpotitError(f"index {store.root} was rebuilt or re-pointed by another process; open it again")
+                self._take(self.store.reload())
 
     # ---- searching -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """The latest committed state, re-read only when a writer has committed since (one stat)."""
         with self._swap:
             if self._snapshot is None or self._snapshot.store.changed():
-                store = self.store if not self.store.changed() else self.store.reload()
-                self._check_same_index(store)
-                self.store = store
-                self._snapshot = Snapshot(store)
+                self._take(self.store if not self.store.changed() else self.store.reload())
+                self._snapshot = Snapshot(self.store)
             return self._snapshot
 
     def _require(self, method: str, snap: Snapshot) -> None:
@@ -244,10 +258,13 @@ class Index:
         if method not in self.methods:
             raise SpotitError(
                 f"index {self.store.root} serves {', '.join(self.methods)}, not {method}; "
-                f"run `spotit index {self.gallery} --method {method}` to add it"
+                f"run `spotit index {self.gallery} --index {self.store.root} --method {method}` to add it"
             )
         if not snap.names:
-            raise SpotitError(f"index {self.store.root} holds no images; run `spotit index GALLERY` first")
+            running = update_running(self.store.root)
+            if running:
+                raise SpotitError(f"index {self.store.root} holds no images yet: {running} is building it; try again soon")
+            raise SpotitError(f"index {self.store.root} holds no images; run `spotit index GALLERY --index {self.store.root}` first")
 
     def search(self, query, boxes: list[Box] | None = None, method: str | None = None, top: int | None = 10,
                progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Result]:
@@ -256,8 +273,10 @@ class Index:
         top=None ranks the whole gallery; method=None is the index's default method. With `hybrid`,
         verified results carry `inliers` and `quad`/`box`: where the query box lands in that gallery image.
         Results whose photo was deleted or changed since indexing say so in `stale`."""
+        if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
+            raise SpotitError(f"top must be a whole number of at least 1, or None for the whole gallery; got {top!r}")
         image = as_image(query, max_pixels=max_pixels)
-        boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes or []]
+        boxes = [check_box(box, image.shape[1], image.shape[0]) for box in as_boxes(boxes)]
         searcher = Searcher(self.features.get, self.search_conf)
         for _ in range(5):
             snap = self.snapshot()
@@ -268,6 +287,27 @@ class Index:
             except SnapshotGone:
                 continue  # a writer committed and removed a file of this state: search the new one
         raise SpotitError(f"index {self.store.root} changed during five searches in a row; try again")
+
+
+def same_features(manifest: dict, settings: dict | None) -> bool:
+    """Whether an index holds the features `settings` ask for, of the same gallery."""
+    if settings is None:
+        return True
+    keys = ("gallery", "backbone", "weights", "feature_settings")
+    return all(manifest.get(k) == settings[k] for k in keys) and \
+        set(kinds_of(manifest["methods"])) == set(kinds_of(settings["methods"]))
+
+
+def check_methods(methods) -> list[str]:
+    """The methods an index must serve, refused with the reason when they are not a list of known ones."""
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise SpotitError(f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"choose from {', '.join(METHODS)}")
+    return methods
 
 
 def kinds_of(methods) -> list[str]:

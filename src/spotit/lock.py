@@ -27,6 +27,22 @@ def _holder_text(path: Path) -> str:
     return f"`{command}` (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {since})"
 
 
+def update_running(root: str | os.PathLike) -> str | None:
+    """Who is updating the index at `root` right now, or None; asks the kernel without taking the lock."""
+    path = Path(root) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder_text(path)
+    finally:
+        os.close(fd)  # closing drops a shared lock we may have taken
+    return None
+
+
 class WriterLock:
     """Exclusive right to change one index folder; `wait=False` refuses at once when another writer holds it."""
 
@@ -45,13 +61,24 @@ class WriterLock:
         except OSError as exc:
             raise SpotitError(f"cannot update the index {self.path.parent}: {exc.strerror} (it can still be searched)") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            raise SpotitError(
-                f"the index {self.path.parent} is being updated by {_holder_text(self.path)}; "
-                f"wait for it to finish, or add --wait"
-            ) from None
+            try:
+                for attempt in range(3):  # a search may hold it shared for an instant (update_running)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if attempt == 2:
+                            raise
+                        time.sleep(0.05)
+            except BlockingIOError:
+                if not wait:
+                    raise SpotitError(
+                        f"the index {self.path.parent} is being updated by {_holder_text(self.path)}; "
+                        f"wait for it to finish, or add --wait"
+                    ) from None
+                print(f"waiting for {_holder_text(self.path)} to finish updating {self.path.parent}...",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SpotitError
-from .fileio import atomic_write_bytes
+from .fileio import write_output
 
 _DECODER = json.JSONDecoder()  # strict: a raw control character inside a quoted name is an error
 
@@ -67,8 +67,7 @@ def ranklist_line(query_name: str, ids: list[str]) -> str:
 def write_ranklist(path: str | os.PathLike, lines: list[str]) -> None:
     """Write the rank list atomically so a partial file never replaces a good one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    write_output(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def _skip_blanks(line: str, pos: int) -> int:

@@ -26,16 +26,17 @@ import h5py
 import numpy as np
 
 from .errors import SpotitError
-from .fileio import atomic_path, atomic_write_bytes
+from .fileio import TEMPORARY_PREFIX, atomic_path, atomic_write_bytes
 from .local_features import LocalFeatures
 from .lock import LOCK_FILE
 
 FORMAT = 1
 KIND = "spotit-index"
 MANIFEST = "manifest.json"
-SHARD_NAME = re.compile(r"\d{6}\.h5")
-DERIVED_NAME = re.compile(r"regions-whitened(-\d+)?\.npz")
-TEMPORARY_NAME = re.compile(r"\..+\.tmp")  # fileio.atomic_path's names, left by a killed writer
+SHARD_NAME = re.compile(r"(\d{6})\.h5")
+DERIVED_NAME = re.compile(r"regions-whitened-(\d+)\.npz")
+LEGACY_DERIVED = "regions-whitened.npz"  # spotit 0.1's name
+TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.tmp")  # fileio.atomic_path's, left by a killed writer
 
 
 class SnapshotGone(SpotitError):
@@ -50,17 +51,23 @@ def read_manifest(root: Path) -> dict | None:
         return None
     if not isinstance(manifest, dict):
         return None
-    # spotit 0.1 wrote no "kind"; its manifests are still recognisable by these two keys
-    if manifest.get("kind") == KIND or {"format", "spotit_version", "images"} <= manifest.keys():
+    if manifest.get("kind") == KIND or is_legacy(manifest):
         return manifest
     return None
+
+
+def is_legacy(manifest: dict) -> bool:
+    """A manifest of spotit 0.1, which wrote no "kind"."""
+    return (manifest.get("format") == 1 and manifest.get("spotit_version") == "0.1.0" and "kind" not in manifest
+            and isinstance(manifest.get("images"), dict) and isinstance(manifest.get("feature_settings"), dict))
 
 
 def check_index_folder(root: Path) -> None:
     """Refuse to make an index in a place holding anything but a spotit index: spotit writes only where it owns."""
     if root.exists() and not root.is_dir():
         raise SpotitError(f"--index {root} is a file; give a folder for the index")
-    if root.is_dir() and read_manifest(root) is None and any(root.iterdir()):
+    # a write lock alone is what a refused creation leaves: the folder is still empty of anything else
+    if root.is_dir() and read_manifest(root) is None and any(p.name != LOCK_FILE for p in root.iterdir()):
         raise SpotitError(
             f"{root} is not a spotit index and is not empty; give a new or empty folder as --index "
             f"(spotit never writes among other files)"
@@ -81,6 +88,7 @@ class Store:
         self.root = Path(root)
         self.manifest = manifest
         self.signature = signature
+        self.legacy = is_legacy(manifest)  # made by spotit 0.1: its derived file has the old name
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -115,13 +123,17 @@ class Store:
         return Store.open(self.root)
 
     @classmethod
-    def create(cls, root: str | os.PathLike, settings: dict) -> "Store":
+    def create(cls, root: str | os.PathLike, settings: dict, previous: "Store | None" = None) -> "Store":
+        """A new, empty state with `settings`; over a `previous` one, its numbering goes on, so that no
+        file name of the previous state is reused and its files can be told apart and removed."""
         from . import __version__
 
         root = Path(root)
-        manifest = {"kind": KIND, "format": FORMAT, "spotit_version": __version__, **settings,
-                    "next_shard": 0, "generation": 0, "images": {}, "skipped": {}, "whitened": None}
+        counters = {k: previous.manifest.get(k, 0) for k in ("next_shard", "generation")} if previous else {}
+        manifest = {"kind": KIND, "format": FORMAT, "spotit_version": __version__, "next_shard": 0, "generation": 0,
+                    **counters, **settings, "images": {}, "skipped": {}, "whitened": None}
         store = cls(root, manifest)
+        store.legacy = previous is not None and previous.legacy
         store.commit()
         return store
 
@@ -139,13 +151,22 @@ class Store:
         self.signature = manifest_signature(self.root)
 
     def own_files(self) -> list[Path]:
-        """Every file spotit made in this folder, by name; nothing else is ever deleted."""
+        """Every file spotit made in this folder, told by its name and number: a shard numbered below the
+        next shard, derived arrays of a past commit, spotit's temporary files. Nothing else is ever deleted."""
+        generation, next_shard = self.manifest.get("generation", 0), self.manifest.get("next_shard", 0)
+
+        def ours(folder: Path, name: str) -> bool:
+            if TEMPORARY_NAME.fullmatch(name):
+                return True
+            if folder == self.shard_dir:
+                return bool((match := SHARD_NAME.fullmatch(name)) and int(match[1]) < next_shard)
+            match = DERIVED_NAME.fullmatch(name)
+            return bool(match and int(match[1]) <= generation + 1) or (name == LEGACY_DERIVED and self.legacy)
+
         files = [p for p in (self.root / MANIFEST, self.root / LOCK_FILE) if p.is_file()]
         for folder in (self.root, self.shard_dir):
             if folder.is_dir():
-                files += [p for p in folder.iterdir() if p.is_file() and (
-                    TEMPORARY_NAME.fullmatch(p.name) or (folder == self.root and DERIVED_NAME.fullmatch(p.name))
-                    or (folder == self.shard_dir and SHARD_NAME.fullmatch(p.name)))]
+                files += [p for p in folder.iterdir() if p.is_file() and ours(folder, p.name)]
         return files
 
     def remove_unused(self) -> None:
@@ -167,7 +188,9 @@ class Store:
         name = f"{self.manifest['next_shard']:06d}.h5"
         self.manifest["next_shard"] += 1
         with atomic_path(self.shard_dir / name) as tmp, h5py.File(tmp, "w") as out:
-            out.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+            # as the file system's bytes: a name that is not valid UTF-8 must not stop the whole gallery
+            raw = [name.encode("utf-8", "surrogateescape") for name in names]
+            out.create_dataset("names", data=np.array(raw, dtype=object), dtype=h5py.string_dtype(encoding="ascii"))
             for kind, data in features.items():
                 if isinstance(data, np.ndarray):
                     out.create_dataset(kind, data=data)
