@@ -1,7 +1,7 @@
 """Ablation of the hybrid method: add one technique at a time and measure quality, query time and bytes.
 
-    python benchmarks/ablation.py                        # clutter-dev and holidays-dev
-    python benchmarks/ablation.py --sets holidays-dev
+    python benchmarks/ablation.py                        # every dev set, every step
+    python benchmarks/ablation.py --sets holidays-dev --steps 8 9 10 11
 
 Each step is a named configuration in spotit (region descriptors in global_features.regional_confs,
 search settings in rerank.confs), evaluated with spotit.evaluate; indexes live under
@@ -21,7 +21,8 @@ from spotit.evaluate import evaluate
 from spotit.index import Index
 
 ABLATION_JSON = HERE / "ablation.json"
-SETS = {"clutter-dev": BENCH_DIR / "clutter-dev", "holidays-dev": SHARED / "holidays-dev"}
+SETS = {"clutter-dev": BENCH_DIR / "clutter-dev", "clutter-hard-dev": SHARED / "clutter-hard-dev",
+        "holidays-dev": SHARED / "holidays-dev", "ukbench-dev": SHARED / "ukbench-dev"}
 
 # (row label, search method, region configuration, search configuration), cumulative
 STEPS = [
@@ -32,7 +33,10 @@ STEPS = [
     ("+ PCA-whitening from the gallery (512 d, power 0.25)", "regional", "gem-regions", "upright"),
     ("+ verification: RootSIFT, MAGSAC, top 100 re-ranked", "hybrid", "gem-regions", "upright"),
     ("+ rotation: turned queries add 10 to the shortlist", "hybrid", "gem-regions", "no-qe"),
-    ("+ query expansion from 2 verified results (default)", "hybrid", "gem-regions", "default"),
+    ("+ query expansion from 2 verified results (spotit 0.1)", "hybrid", "gem-regions", "v0.1"),
+    ("+ sound shapes only: convex, <= 4:1 stretch, >= 24 px, inside the photo", "hybrid", "gem-regions", "shape"),
+    ("+ inliers near the box border count 1/4", "hybrid", "gem-regions", "centre"),
+    ("+ boxed query seen at 2 scales x 4 turns, best view scores (default)", "hybrid", "gem-regions", "default"),
 ]
 
 
@@ -49,6 +53,7 @@ def run_step(set_name: str, root: Path, method: str, regions: str | None, search
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="*", default=list(SETS))
+    parser.add_argument("--steps", nargs="*", type=int, default=None, help="row numbers (0-based) to run; default all")
     args = parser.parse_args()
     rows = json.loads(ABLATION_JSON.read_text()) if ABLATION_JSON.is_file() else {}
     for set_name in args.sets:
@@ -56,7 +61,9 @@ def main() -> int:
         if not root.is_dir():
             print(f"skipping {set_name}: {root} is absent")
             continue
-        for label, method, regions, search in STEPS:
+        for number, (label, method, regions, search) in enumerate(STEPS):
+            if args.steps is not None and number not in args.steps:
+                continue
             print(f"{set_name}: {label}", flush=True)
             result = run_step(set_name, root, method, regions, search)
             rows.setdefault(set_name, {})[label] = result

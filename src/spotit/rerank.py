@@ -22,17 +22,20 @@ confs = {
     # Query expansion averages the query with the best-matching region of up to `qe` images verified with
     # >= qe_min_inliers, and re-scores the whole gallery with it.
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
-                "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40, "qe": 2,
-                "qe_min_inliers": 15, "verify": "default"},
+                "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
+                "qe": 2, "qe_min_inliers": 15, "verify": "default"},
 }
-# steps of the ablation in benchmarks/ablation.py
-confs["no-qe"] = {**confs["default"], "qe": 0}
-confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0, "boxed_scales": (1.0,)}
+# steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
+confs["v0.1"] = {**confs["default"], "verify": "plain", "boxed_views": False}
+confs["no-qe"] = {**confs["v0.1"], "qe": 0}
+confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0}
+confs["shape"] = {**confs["v0.1"], "verify": "shape"}
+confs["centre"] = {**confs["v0.1"], "verify": "default"}
 
 
 def query_views(conf: dict, boxed: bool) -> tuple[tuple[float, int], ...]:
     """(scale, quarter turns) of each query view to describe; the first is the upright query itself."""
-    if boxed:
+    if boxed and conf["boxed_views"]:
         return tuple((scale, turns) for scale in conf["boxed_scales"] for turns in range(conf["query_rotations"]))
     return ((1.0, 0),) + tuple((conf["rotated_scale"], turns) for turns in range(1, conf["query_rotations"]))
 

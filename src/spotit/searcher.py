@@ -142,7 +142,7 @@ class Searcher:
         if whitening is not None:
             descriptors = whitening(descriptors)
         sims = rerank.region_scores(columns, per_image, descriptors)
-        if boxed:
+        if boxed and self.conf["boxed_views"]:
             best = sims.max(axis=0)
             return best, best, descriptors[0]
         rotated = sims[1:].max(axis=0) if len(sims) > 1 else np.full(len(snap.names), -np.inf)
