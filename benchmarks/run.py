@@ -34,12 +34,14 @@ SKIP = {("sift", "clutter-5k")}
 CLUTTER = {
     "clutter-dev": ["--seed", "0"],
     "clutter-5k": ["--seed", "1", "--distractor-scenes", "4820", "--distractor-objects", "65"],
+    # clutter-hard-dev's conditions, with placements: where the objects truly lie (localisation)
+    "clutter-hard-2": ["--seed", "2", "--hard"],
 }
 
 
 def available_sets(wanted: list[str] | None) -> dict[str, Path]:
     sets = {}
-    for name in ("holidays-dev", "ukbench-dev"):
+    for name in ("holidays-dev", "ukbench-dev", "clutter-hard-dev"):
         if (SHARED / name).is_dir():
             sets[name] = SHARED / name
         else:
@@ -87,19 +89,24 @@ def write_markdown(results: dict) -> None:
         "# Benchmark results",
         "",
         f"Measured {datetime.date.today().isoformat()} on {machine()}.",
-        "Regenerate with `python benchmarks/run.py` (see its docstring). Sets: holidays-dev and ukbench-dev",
-        "from ../shared/datasets; clutter-dev and clutter-5k made by `spotit bench make-clutter` from them.",
+        "Regenerate with `python benchmarks/run.py` (see its docstring). Sets: holidays-dev, ukbench-dev and",
+        "clutter-hard-dev from ../shared/datasets; clutter-dev, clutter-5k and clutter-hard-2 (`--hard`: shared",
+        "scenes, half the views turned up to 180 degrees) made by `spotit bench make-clutter` from the first two.",
+        "Localisation: the share of verified relevant results whose box overlaps the pasted view's box with",
+        "IoU >= 0.5 (sets with placements), and the boxes drawn on non-relevant results in the top 10s.",
         "`queries` below the set's full count means an evenly spread sample (exhaustive SIFT is slow).",
         "mAP follows the Holidays/Oxford protocol (query removed, trapezoidal AP); P@k as revisitop; N-S on UKBench.",
         "",
         "## Quality",
         "",
-        "| method | set | queries | mAP | P@1 | P@5 | P@10 | N-S |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | set | queries | mAP | P@1 | P@5 | P@10 | N-S | localised (IoU >= 0.5) | boxes on false positives |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        localised = "–" if r.get("localised_iou50") is None else f"{r['localised_iou50']:.1%} of {r['verified_relevant']}"
         lines.append(f"| {r['method']} | {r['dataset']} | {r['queries']} | {fmt(r['map'])} | {fmt(r['p@1'])} | "
-                     f"{fmt(r['p@5'])} | {fmt(r['p@10'])} | {fmt(r['ns'])} |")
+                     f"{fmt(r['p@5'])} | {fmt(r['p@10'])} | {fmt(r['ns'])} | {localised} | "
+                     f"{r.get('false_boxes_top10', '–')} |")
     lines += [
         "",
         "## Speed",
