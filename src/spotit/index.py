@@ -14,50 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backbones, global_features, local_features
+from . import backbones, lifecycle
 from .errors import SpotitError
 from .extractors import Extractors
 from .images import DEFAULT_MAX_PIXELS, Box, as_boxes, as_image, check_box
 from .lock import WriterLock, update_running
-from .searcher import METHOD_KINDS, Result, Searcher, Snapshot
-from .store import SnapshotGone, Store, check_index_folder
+from .lifecycle import METHODS, default_index_dir, feature_settings, kinds_of, parse_methods
+from .searcher import Result, Searcher, Snapshot
+from .store import SnapshotGone, Store
 from .updater import Updater, UpdateReport
 
 __all__ = ["Index", "Result", "UpdateReport", "METHODS", "DEFAULT_METHOD", "default_index_dir", "parse_methods"]
 
-METHODS = tuple(METHOD_KINDS)
 DEFAULT_METHOD = "hybrid"
-
-
-def feature_settings(backbone: str, confs: dict) -> dict:
-    """Everything that decides the stored features; an index whose settings differ must be rebuilt."""
-    return {
-        "backbone": backbones.confs[backbone],
-        "global": global_features.confs[confs["global"]],
-        "regions": global_features.regional_confs[confs["regions"]],
-        "sift": local_features.confs[confs["sift"]],
-        "verify": local_features.confs[confs["verify"]],
-    }
-
-
-DEFAULT_CONFS = {"global": "seed", "regions": "gem-regions", "sift": "seed", "verify": "verify"}
-
-
-def default_index_dir() -> Path:
-    """$SPOTIT_INDEX, else $XDG_DATA_HOME/spotit/index, else ~/.local/share/spotit/index."""
-    if os.environ.get("SPOTIT_INDEX"):
-        return Path(os.environ["SPOTIT_INDEX"])
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "spotit" / "index"
-
-
-def parse_methods(method: str) -> list[str]:
-    """'cnn', 'sift', 'hybrid' or 'all' -> the search methods an index must serve."""
-    if method == "all":
-        return list(METHODS)
-    if method not in METHODS:
-        raise SpotitError(f"unknown method {method!r}; choose {', '.join(METHODS)} or all")
-    return [method]
 
 
 class Index:
@@ -123,78 +92,9 @@ class Index:
         `rebuild` extracts every photo again (deleting spotit's own files only; with unchanged settings the
         old features serve searches until replaced); `moved` re-points it to `gallery` when the gallery
         folder was moved, keeping the features of unchanged photos; `wait` waits for another writer."""
-        path = Path(path or default_index_dir()).absolute()
-        methods = check_methods(methods)
-        backbones.check_backbone(backbone)
-        check_index_folder(path)
-        gallery_path = Path(gallery).resolve() if gallery is not None else None
-        if gallery_path is not None:
-            if not gallery_path.is_dir():
-                raise SpotitError(f"gallery folder not found: {gallery_path}")
-            if path.resolve() == gallery_path or gallery_path in path.resolve().parents:
-                raise SpotitError(f"the index {path} must be outside the gallery {gallery_path}")
-        if moved and (rebuild or not Store.exists(path)):
-            raise SpotitError("--moved re-points an existing index to its moved gallery; "
-                              f"{'--rebuild extracts every photo anyway' if rebuild else f'{path} holds no index yet'}")
-        if _new and Store.exists(path):
-            raise SpotitError(f"{path} already holds an index; open it, or rebuild it")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SpotitError(f"cannot create the index folder {path}: {exc.strerror}") from None
-        with WriterLock(path).acquire(wait):
-            old = Store.open(path) if Store.exists(path) else None
-            if old is None and gallery_path is None:
-                raise SpotitError(f"no index at {path}: give the gallery folder to build one")
-            settings = None if gallery_path is None else {
-                "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
-                "weights": str(Path(weights).resolve()) if weights else None,
-                "confs": {**DEFAULT_CONFS, **(confs or {})},
-            }
-            if settings is not None:
-                settings["feature_settings"] = feature_settings(backbone, settings["confs"])
-            if old is not None and rebuild and same_features(old.manifest, settings):
-                # extract every photo again; until each is replaced, its old features keep serving searches
-                for entry in old.manifest["images"].values():
-                    entry["stale"] = True
-                old.manifest.update(methods=settings["methods"], skipped={})
-                old.commit()
-                return cls(old, weights)
-            if old is None or rebuild or (not old.manifest["images"] and not same_features(old.manifest, settings)):
-                store = Store.create(path, {**settings, "weights_sha256": None}, previous=old)
-                store.remove_unused()  # the old state's files, now that nothing points to them
-                return cls(store, weights)
-            index = cls(old, weights)
-            index._adopt(gallery_path, methods, backbone, moved)
-        return index
-
-    def _adopt(self, gallery: Path | None, methods, backbone: str, moved: bool) -> None:
-        """Check an existing index against what the caller asked for; add methods, re-point a moved gallery."""
-        manifest, root = self.manifest, self.store.root
-        if gallery is not None and gallery != Path(manifest["gallery"]):
-            if not moved:
-                raise SpotitError(
-                    f"index {root} belongs to gallery {manifest['gallery']}; if that folder was moved to {gallery}, "
-                    f"add --moved to re-point the index; else use another --index, or --rebuild to replace it"
-                )
-            manifest["gallery"] = str(gallery)
-        elif moved:
-            raise SpotitError(f"--moved: index {root} already belongs to {manifest['gallery']}")
-        if backbone != manifest["backbone"]:
-            raise SpotitError(
-                f"index {root} was built with backbone {manifest['backbone']}, not {backbone}; "
-                f"use another --index, or --rebuild"
-            )
-        wanted, built = set(methods) - set(self.methods), self.kinds
-        if wanted:
-            manifest["methods"] = sorted(set(manifest["methods"]) | wanted)
-            if set(kinds_of(wanted)) - set(built):
-                # every image must hold every kind of feature, so a method needing new kinds re-extracts all
-                for entry in manifest["images"].values():
-                    entry["stale"] = True
-        if wanted or moved:
-            self.store.commit()
-            self.features.kinds = self.kinds
+        store = lifecycle.open_or_create(Path(path or default_index_dir()).absolute(), gallery, methods, backbone,
+                                         weights, rebuild, confs, moved, wait, _new)
+        return cls(store, weights)
 
     # ---- what it holds -------------------------------------------------------------------------
     @property
@@ -213,8 +113,7 @@ class Index:
     @property
     def methods(self) -> list[str]:
         """Every method the stored features serve: a hybrid index also serves `regional`."""
-        kinds = set(self.kinds)
-        return [m for m in METHODS if set(METHOD_KINDS[m]) <= kinds]
+        return lifecycle.served_methods(self.kinds)
 
     @property
     def default_method(self) -> str:
@@ -287,28 +186,3 @@ class Index:
             except SnapshotGone:
                 continue  # a writer committed and removed a file of this state: search the new one
         raise SpotitError(f"index {self.store.root} changed during five searches in a row; try again")
-
-
-def same_features(manifest: dict, settings: dict | None) -> bool:
-    """Whether an index holds the features `settings` ask for, of the same gallery."""
-    if settings is None:
-        return True
-    keys = ("gallery", "backbone", "weights", "feature_settings")
-    return all(manifest.get(k) == settings[k] for k in keys) and \
-        set(kinds_of(manifest["methods"])) == set(kinds_of(settings["methods"]))
-
-
-def check_methods(methods) -> list[str]:
-    """The methods an index must serve, refused with the reason when they are not a list of known ones."""
-    if isinstance(methods, str):
-        methods = [methods]
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise SpotitError(f"unknown method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                          f"choose from {', '.join(METHODS)}")
-    return methods
-
-
-def kinds_of(methods) -> list[str]:
-    return sorted({kind for method in methods for kind in METHOD_KINDS[method]})

@@ -66,8 +66,9 @@ def check_index_folder(root: Path) -> None:
     """Refuse to make an index in a place holding anything but a spotit index: spotit writes only where it owns."""
     if root.exists() and not root.is_dir():
         raise SpotitError(f"--index {root} is a file; give a folder for the index")
-    # a write lock alone is what a refused creation leaves: the folder is still empty of anything else
-    if root.is_dir() and read_manifest(root) is None and any(p.name != LOCK_FILE for p in root.iterdir()):
+    # a write lock and temporary files are what a creation in progress (or a refused one) leaves
+    if root.is_dir() and read_manifest(root) is None and \
+            any(p.name != LOCK_FILE and not TEMPORARY_NAME.fullmatch(p.name) for p in root.iterdir()):
         raise SpotitError(
             f"{root} is not a spotit index and is not empty; give a new or empty folder as --index "
             f"(spotit never writes among other files)"
