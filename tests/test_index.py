@@ -61,11 +61,11 @@ def test_interrupted_update_keeps_every_finished_photo_and_resumes(gallery_copy,
     real_extract = index.features.extract
     calls = {"n": 0}
 
-    def dying(image):
+    def dying(image, kinds):
         calls["n"] += 1
         if calls["n"] == 9:
             raise KeyboardInterrupt
-        return real_extract(image)
+        return real_extract(image, kinds)
 
     monkeypatch.setattr(index.features, "extract", dying)
     with pytest.raises(KeyboardInterrupt):

@@ -419,3 +419,37 @@ def test_a_second_ctrl_c_while_saving_does_not_abort(tmp_path):
     err = (seen + err).decode()
     assert process.returncode == 130 and "FATAL" not in err and "terminate called" not in err, err
     assert len(Store.open(tmp_path / "idx").manifest["images"]) >= 5
+
+
+def test_a_method_being_added_is_served_only_once_every_photo_has_it(gallery_copy, tmp_path, demo):
+    index_dir = tmp_path / "idx"
+    Index.create(index_dir, gallery_copy, ["cnn"]).update(progress=False)
+    adding = Index.open_or_create(index_dir, gallery_copy, ["hybrid"])
+    reader = Index.open(index_dir)
+    assert reader.methods == ["cnn"] and len(reader.search(demo["query"], top=None)) == 20  # mid-update: cnn serves
+    adding.update(progress=False)
+    assert "hybrid" in Index.open(index_dir).methods
+    assert {h.id for h in reader.search(demo["query"], [demo["box"]], method="hybrid", top=3)} == set(demo["relevant"])
+
+
+def test_a_folder_with_another_tools_write_lock_is_not_taken(demo, tmp_path):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "write.lock").write_text("owned by another program")
+    with pytest.raises(SpotitError, match="not a spotit index"):
+        Index.create(folder, demo["gallery"], ["cnn"])
+    assert (folder / "write.lock").read_text() == "owned by another program"
+
+
+def test_rebuild_replaces_an_index_of_another_format_and_needs_the_gallery(gallery_copy, tmp_path):
+    index_dir = tmp_path / "idx"
+    Index.create(index_dir, gallery_copy, ["cnn"]).update(progress=False)
+    manifest = json.loads((index_dir / MANIFEST).read_text())
+    (index_dir / MANIFEST).write_text(json.dumps({**manifest, "format": 99}))
+    with pytest.raises(SpotitError, match="rebuild"):
+        Index.open(index_dir)
+    with pytest.raises(SpotitError, match="give the gallery folder to rebuild"):
+        Index.open_or_create(index_dir, None, ["cnn"], rebuild=True)
+    rebuilt = Index.open_or_create(index_dir, gallery_copy, ["cnn"], rebuild=True)
+    assert rebuilt.update(progress=False).added == 20
+    assert len(list((index_dir / "shards").iterdir())) == 1

@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpotitError as exc:
         eprint(f"spotit: error: {exc}")
         return 2
+    except OSError as exc:  # the disk filled up, a folder became unwritable... mid-way: said in one line
+        eprint(f"spotit: error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        return 2
     except KeyboardInterrupt:
         eprint("spotit: interrupted")
         return 130

@@ -19,8 +19,8 @@ DENSE_KINDS = ("global", "regions")  # one fixed-size array per image; the other
 class Extractors:
     """`get(kind)` turns an RGB image into features of `kind`, configured as the index's manifest says."""
 
-    def __init__(self, root: Path, manifest: dict, kinds: list[str], weights: str | os.PathLike | None = None):
-        self.root, self.manifest, self.kinds = root, manifest, kinds
+    def __init__(self, root: Path, manifest: dict, weights: str | os.PathLike | None = None):
+        self.root, self.manifest = root, manifest
         self._weights = weights
         self._backbone: backbones.Backbone | None = None
         self._extractors: dict = {}
@@ -38,10 +38,6 @@ class Extractors:
             self._backbone = backbone
         return self._backbone
 
-    @property
-    def uses_cnn(self) -> bool:
-        return any(kind in DENSE_KINDS for kind in self.kinds)
-
     def get(self, kind: str):
         if kind not in self._extractors:
             conf = self.manifest["confs"][kind]
@@ -54,15 +50,15 @@ class Extractors:
                 self._extractors[kind] = SiftExtractor(conf)
         return self._extractors[kind]
 
-    def load(self) -> None:
-        """Load (or export) the models now, e.g. before a clock starts."""
-        for kind in self.kinds:
+    def load(self, kinds: list[str]) -> None:
+        """Load (or export) the models of `kinds` now, e.g. before a clock starts."""
+        for kind in kinds:
             self.get(kind)
 
-    def extract(self, image: np.ndarray) -> dict:
-        """Every feature kind the index stores, of one gallery image."""
+    def extract(self, image: np.ndarray, kinds: list[str]) -> dict:
+        """The features of each of `kinds` of one gallery image."""
         out = {}
-        for kind in self.kinds:
+        for kind in kinds:
             extractor = self.get(kind)
             out[kind] = extractor.gallery(image) if kind == "regions" else extractor(image)
         return out

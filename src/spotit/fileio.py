@@ -38,6 +38,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", mode: int | None 
     try:
         yield Path(tmp)
         os.chmod(tmp, mode if mode is not None else 0o666 & ~current_umask())
+        handle = os.open(tmp, os.O_RDONLY)  # on disk before a manifest (or anything) can point to it
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -47,8 +52,6 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", mode: int | None 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
     with atomic_path(path, mode=mode) as tmp, open(tmp, "wb") as out:
         out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def write_output(path: str | os.PathLike, data: bytes) -> None:
@@ -60,6 +63,8 @@ def write_output(path: str | os.PathLike, data: bytes) -> None:
         existing = os.stat(target)
     except FileNotFoundError:
         existing = None
+    if existing is not None and stat.S_ISREG(existing.st_mode) and not os.access(target, os.W_OK):
+        raise SpotitError(f"cannot write {path}: the file is read-only")
     if existing is not None and (not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1):
         with open(target, "wb") as out:
             out.write(data)

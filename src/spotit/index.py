@@ -57,8 +57,7 @@ class Index:
             )
         if self.features is None or any(manifest.get(k) != self.features.manifest.get(k)
                                          for k in ("backbone", "weights", "confs")):
-            self.features = Extractors(store.root, manifest, kinds_of(manifest["methods"]), self._weights)
-        self.features.kinds = kinds_of(manifest["methods"])  # another process may have added a method
+            self.features = Extractors(store.root, manifest, self._weights)
         self.store = store
 
     # ---- opening -------------------------------------------------------------------------------
@@ -135,12 +134,14 @@ class Index:
         Finished work is committed every `shard_size` images and when interrupted, so an interrupted
         update keeps it and resumes there. Another running update is refused, or awaited with `wait`."""
         with WriterLock(self.store.root).acquire(wait):
-            self._take(self.store.reload())  # the latest state: another writer may have committed since we opened
+            with self._swap:  # the latest state: another writer may have committed since we opened
+                self._take(self.store.reload())
             writer = self.store.reload()  # the writer's own copy: searches in this process never see it half-done
             try:
                 return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers)
             finally:
-                self._take(self.store.reload())
+                with self._swap:
+                    self._take(self.store.reload())
 
     # ---- searching -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -176,9 +177,9 @@ class Index:
             raise SpotitError(f"top must be a whole number of at least 1, or None for the whole gallery; got {top!r}")
         image = as_image(query, max_pixels=max_pixels)
         boxes = [check_box(box, image.shape[1], image.shape[0]) for box in as_boxes(boxes)]
-        searcher = Searcher(self.features.get, self.search_conf)
         for _ in range(5):
             snap = self.snapshot()
+            searcher = Searcher(self.features.get, self.search_conf)  # after the snapshot: its extractors
             method = method or self.default_method
             self._require(method, snap)
             try:

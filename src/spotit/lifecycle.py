@@ -10,7 +10,7 @@ from . import backbones, global_features, local_features
 from .errors import SpotitError
 from .lock import WriterLock
 from .searcher import METHOD_KINDS
-from .store import Store, check_index_folder
+from .store import FORMAT, Store, check_index_folder, read_manifest
 
 METHODS = tuple(METHOD_KINDS)
 DEFAULT_CONFS = {"global": "seed", "regions": "gem-regions", "sift": "seed", "verify": "verify"}
@@ -62,12 +62,14 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
                           f"{'--rebuild extracts every photo anyway' if rebuild else f'{path} holds no index yet'}")
     if new and Store.exists(path):
         raise SpotitError(f"{path} already holds an index; open it, or rebuild it")
+    if gallery_path is None and (rebuild or not Store.exists(path)):
+        raise SpotitError(f"give the gallery folder to {'rebuild' if rebuild else 'build'} the index at {path}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpotitError(f"cannot create the index folder {path}: {exc.strerror}") from None
     with WriterLock(path).acquire(wait):
-        old = Store.open(path) if Store.exists(path) else None
+        old = open_for_rebuild(path) if rebuild else Store.open(path) if Store.exists(path) else None
         if old is None and gallery_path is None:
             raise SpotitError(f"no index at {path}: give the gallery folder to build one")
         settings = None if gallery_path is None else {
@@ -77,7 +79,7 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
         }
         if settings is not None:
             settings["feature_settings"] = feature_settings(backbone, settings["confs"])
-        if old is not None and rebuild and same_features(old.manifest, settings):
+        if old is not None and rebuild and old.manifest.get("format") == FORMAT and same_features(old.manifest, settings):
             # extract every photo again; until each is replaced, its old features keep serving searches
             for entry in old.manifest["images"].values():
                 entry["stale"] = True
@@ -90,6 +92,14 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
             return store
         adopt(old, gallery_path, methods, backbone, moved)
     return old
+
+
+def open_for_rebuild(path: Path) -> Store | None:
+    """The index to rebuild at `path`, also one in another format: its numbering is what a rebuild needs."""
+    try:
+        return Store.open(path) if Store.exists(path) else None
+    except SpotitError:
+        return Store(path, read_manifest(path))
 
 
 def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: bool) -> None:
@@ -110,13 +120,13 @@ def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: boo
             f"use another --index, or --rebuild"
         )
     built = kinds_of(manifest["methods"])
-    wanted = set(methods) - set(served_methods(built))
+    wanted = set(methods) - set(served_methods(built)) - set(manifest.get("pending_methods", []))
     if wanted:
-        manifest["methods"] = sorted(set(manifest["methods"]) | wanted)
-        if set(kinds_of(wanted)) - set(built):
-            # every image must hold every kind of feature, so a method needing new kinds re-extracts all
-            for entry in manifest["images"].values():
-                entry["stale"] = True
+        # every image must hold every kind of feature, so a method needing new kinds re-extracts all; it is
+        # served once the update has done so, and until then searches go on with the methods there are
+        manifest["pending_methods"] = sorted(set(manifest.get("pending_methods", [])) | wanted)
+        for entry in manifest["images"].values():
+            entry["stale"] = True
     if wanted or moved:
         store.commit()
 
@@ -126,8 +136,8 @@ def same_features(manifest: dict, settings: dict | None) -> bool:
     if settings is None:
         return True
     keys = ("gallery", "backbone", "weights", "feature_settings")
-    return all(manifest.get(k) == settings[k] for k in keys) and \
-        set(kinds_of(manifest["methods"])) == set(kinds_of(settings["methods"]))
+    built = [m for m in manifest.get("methods", []) if m in METHOD_KINDS]
+    return all(manifest.get(k) == settings[k] for k in keys) and set(kinds_of(built)) == set(kinds_of(settings["methods"]))
 
 
 def check_methods(methods) -> list[str]:

@@ -79,13 +79,13 @@ class WriterLock:
                 print(f"waiting for {_holder_text(self.path)} to finish updating {self.path.parent}...",
                       file=sys.stderr, flush=True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                      "command": " ".join(["spotit", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("spotit") else None}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         except BaseException:
-            os.close(fd)
+            os.close(fd)  # closing releases the lock too
             raise
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                  "command": " ".join(["spotit", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("spotit") else None}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd, self._depth = fd, 1
         return self
 

@@ -36,7 +36,8 @@ confs["centre"] = {**confs["v0.1"], "verify": "default"}
 def query_views(conf: dict, boxed: bool) -> tuple[tuple[float, int], ...]:
     """(scale, quarter turns) of each query view to describe; the first is the upright query itself."""
     if boxed and conf["boxed_views"]:
-        return tuple((scale, turns) for scale in conf["boxed_scales"] for turns in range(conf["query_rotations"]))
+        views = [(scale, turns) for scale in conf["boxed_scales"] for turns in range(conf["query_rotations"])]
+        return ((1.0, 0),) + tuple(v for v in views if v != (1.0, 0))
     return ((1.0, 0),) + tuple((conf["rotated_scale"], turns) for turns in range(1, conf["query_rotations"]))
 
 

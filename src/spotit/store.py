@@ -68,11 +68,20 @@ def check_index_folder(root: Path) -> None:
         raise SpotitError(f"--index {root} is a file; give a folder for the index")
     # a write lock and temporary files are what a creation in progress (or a refused one) leaves
     if root.is_dir() and read_manifest(root) is None and \
-            any(p.name != LOCK_FILE and not TEMPORARY_NAME.fullmatch(p.name) for p in root.iterdir()):
+            any(not (TEMPORARY_NAME.fullmatch(p.name) or (p.name == LOCK_FILE and is_our_lock(p))) for p in root.iterdir()):
         raise SpotitError(
             f"{root} is not a spotit index and is not empty; give a new or empty folder as --index "
             f"(spotit never writes among other files)"
         )
+
+
+def is_our_lock(path: Path) -> bool:
+    """Whether `path` is spotit's write lock: empty (released) or naming its holder as spotit writes it."""
+    try:
+        text = path.read_text()
+        return not text or isinstance(json.loads(text).get("pid"), int)
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def manifest_signature(root: Path) -> tuple | None:
@@ -164,7 +173,7 @@ class Store:
             match = DERIVED_NAME.fullmatch(name)
             return bool(match and int(match[1]) <= generation + 1) or (name == LEGACY_DERIVED and self.legacy)
 
-        files = [p for p in (self.root / MANIFEST, self.root / LOCK_FILE) if p.is_file()]
+        files = []
         for folder in (self.root, self.shard_dir):
             if folder.is_dir():
                 files += [p for p in folder.iterdir() if p.is_file() and ours(folder, p.name)]
@@ -174,7 +183,7 @@ class Store:
         """Delete spotit's files that the committed manifest no longer points to (writer only, after commit)."""
         used = {entry["shard"] for entry in self.manifest["images"].values()} | {self.manifest.get("whitened")}
         for path in self.own_files():
-            if path.name not in used and path.name not in (MANIFEST, LOCK_FILE):
+            if path.name not in used:
                 path.unlink(missing_ok=True)
         if self.shard_dir.is_dir() and not any(self.shard_dir.iterdir()):
             self.shard_dir.rmdir()

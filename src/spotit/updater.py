@@ -12,12 +12,12 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
 from .extractors import DENSE_KINDS, Extractors
+from .lifecycle import kinds_of
 from .searcher import whiten_regions
 from .store import Store
 
@@ -82,6 +82,8 @@ class Updater:
     def __init__(self, features: Extractors, store: Store, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.features, self.store, self.max_pixels = features, store, max_pixels
         self.gallery = store.manifest["gallery"]
+        # the served methods' kinds, and those of methods being added (served once every photo has them)
+        self.kinds = kinds_of(store.manifest["methods"] + store.manifest.get("pending_methods", []))
         self.done: list[tuple[str, dict, dict]] = []
 
     def _load_and_extract(self, name: str):
@@ -92,18 +94,19 @@ class Updater:
         except (ImageError, OSError) as exc:
             return name, None, str(exc).removeprefix(f"{path}: ")
         stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
-        return name, stamp, self.features.extract(image)
+        return name, stamp, self.features.extract(image, self.kinds)
 
     def _flush(self, report: UpdateReport) -> None:
         """Write the finished photos to a new shard and commit them."""
         if not self.done:
             return
         features = {}
-        for kind in self.features.kinds:
+        for kind in self.kinds:
             column = [feats[kind] for _, _, feats in self.done]
             features[kind] = np.stack(column) if kind in DENSE_KINDS else column
         shard = self.store.write_shard([name for name, _, _ in self.done], features)
         images = self.store.manifest["images"]
+        self.store.manifest["whitened_stale"] = True
         for row, (name, stamp, _) in enumerate(self.done):
             if name in images:
                 report.updated += 1
@@ -122,11 +125,13 @@ class Updater:
         report.removed = len(gone)
         report.unchanged = len(manifest["images"]) - len(changed)
         if gone:
+            manifest["whitened_stale"] = True  # a commit without learning it again: the next run must
             self.store.commit()
         todo = new + changed
         if todo:
-            self.features.load()  # loads (or exports) the model before the clock starts
-            manifest["weights_sha256"] = self.features.backbone().weights_sha256 if self.features.uses_cnn else None
+            self.features.load(self.kinds)  # loads (or exports) the model before the clock starts
+            if any(kind in DENSE_KINDS for kind in self.kinds):
+                manifest["weights_sha256"] = self.features.backbone().weights_sha256
         started = time.perf_counter()
         workers = workers or min(2, os.cpu_count() or 1)
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
@@ -146,11 +151,20 @@ class Updater:
             report.seconds = time.perf_counter() - started
             self._flush(report)
         manifest["skipped"] = dict(report.skipped)
+        for name, _ in report.skipped:  # a changed photo that cannot be read now: its old features go too
+            if manifest["images"].pop(name, None) is not None:
+                report.removed += 1
+                manifest["whitened_stale"] = True
         if report.processed:
             manifest["images_per_s"] = report.images_per_s
-        self._compact_if_sparse()
-        if "regions" in self.features.kinds and (report.processed or report.removed or not manifest.get("whitened")):
+        if manifest.get("pending_methods") and not any(e.get("stale") for e in manifest["images"].values()):
+            manifest["methods"] = sorted(set(manifest["methods"]) | set(manifest.pop("pending_methods")))
+        if not manifest.get("pending_methods"):  # until then old shards lack the new kinds
+            self._compact_if_sparse()
+        served = kinds_of(manifest["methods"])
+        if "regions" in served and (manifest.get("whitened_stale") or not manifest.get("whitened")):
             manifest["whitened"] = self._whiten_regions()
+            manifest["whitened_stale"] = False
         self.store.commit()
         self.store.remove_unused()
         return report
@@ -174,7 +188,7 @@ class Updater:
             return
         names = sorted(images)
         features = {}
-        for kind in self.features.kinds:
+        for kind in self.kinds:
             if kind in DENSE_KINDS:
                 features[kind] = self.store.load_dense(kind)[1]
             else:

@@ -69,8 +69,10 @@ def anisotropy(transform: np.ndarray, x: float, y: float) -> float:
 def sound(transform: np.ndarray | None, query_size: tuple[float, float], gallery_size: tuple[float, float],
           boxed: bool = True, conf: dict = confs["default"]) -> bool:
     """Whether the fit is a geometrically sound view of the query box in the gallery photo (see confs)."""
-    if not plausible(transform) or not conf["check_shape"]:
-        return plausible(transform)
+    if not plausible(transform):
+        return False
+    if not conf["check_shape"]:
+        return True
     width, height = query_size
     quad = map_box(transform, width, height).astype(np.float32)
     if not np.all(np.isfinite(quad)) or not cv2.isContourConvex(quad.reshape(-1, 1, 2)):
