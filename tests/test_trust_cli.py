@@ -311,3 +311,8 @@ def test_a_symlinked_folder_is_reported_not_silently_left_out(gallery_copy, tmp_
 def test_moved_is_refused_where_it_cannot_apply(gallery_copy, tmp_path, capsys):
     assert main(["index", str(gallery_copy), "--index", str(tmp_path / "new"), "--moved", "--quiet"]) == 2
     assert "holds no index yet" in one_line_error(capsys)
+
+
+def test_importing_spotit_loads_no_heavy_module_so_an_early_ctrl_c_is_answered_in_one_line():
+    probe = "import sys, spotit._main; print(sorted({'numpy', 'h5py', 'cv2', 'torch'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

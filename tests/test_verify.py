@@ -56,6 +56,9 @@ def test_sound_rejects_slivers_self_crossing_quads_and_fits_outside_the_photo():
     assert not sound(bow_tie, box, photo)
     assert not sound(np.array([[0.05, 0, 10], [0, 0.05, 10], [0, 0, 1.0]]), box, photo)  # 10 x 5 px: too small
     assert not sound(np.array([[1.0, 0, 560], [0, 1.0, 10], [0, 0, 1.0]]), box, photo)  # mostly outside the photo
+    # a corner near the horizon line: flung far away though the centre looks tame (a real ukbench fit)
+    horizon = np.array([[1.0, 0, 0], [0, 1.0, 0], [-0.0042, -0.0015, 1.0]])
+    assert anisotropy(horizon, 100, 50) < 4 and not sound(horizon, box, photo, boxed=False)
 
 
 def test_centre_weighted_counts_inliers_near_the_box_border_less():

@@ -3,6 +3,14 @@
 __version__ = "0.1.0"
 
 from .errors import SpotitError  # noqa: E402
-from .index import Index, Result, UpdateReport, default_index_dir  # noqa: E402
 
 __all__ = ["Index", "Result", "UpdateReport", "SpotitError", "default_index_dir", "__version__"]
+
+
+def __getattr__(name: str):
+    """The API loads on first use (PEP 562): `spotit` starts, and answers Ctrl-C, before numpy and h5py load."""
+    if name in ("Index", "Result", "UpdateReport", "default_index_dir"):
+        from . import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module 'spotit' has no attribute {name!r}")

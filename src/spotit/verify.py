@@ -14,13 +14,15 @@ confs = {
     # The ratio is looser than the seed's 0.75: RootSIFT plus a geometric check rejects what it lets through.
     # A fit is sound only if it maps the query box to a convex quadrilateral of at least `min_side` px
     # squared, stretched at most `max_anisotropy` times more in one direction than the other (steep
-    # foreshortening; squashed slivers are what chance matches fit) and, for a boxed object, mostly
+    # foreshortening; squashed slivers are what chance matches fit), whose depth (the homography's
+    # denominator) varies at most `max_depth_ratio` times across the box (a corner near the horizon line
+    # is flung towards infinity) and, for a boxed object, mostly
     # (`min_inside`) within the photo. (A whole photo as query maps beyond a photo showing part of its scene.)
     # With a box, inliers in the box's inner `centre` part count fully and those nearer its border count
     # `border_weight`: a box around an object holds background at its edges, which matches other photos
     # of the same place that lack the object.
     "default": {"ratio": 0.8, "min_matches": 6, "threshold": 0.012, "max_iters": 1000, "confidence": 0.999,
-                "check_shape": True, "max_anisotropy": 4.0, "min_side": 24, "min_inside": 0.5,
+                "check_shape": True, "max_anisotropy": 4.0, "max_depth_ratio": 3.0, "min_side": 24, "min_inside": 0.5,
                 "centre": 0.6, "border_weight": 0.25},
 }
 # steps of the ablation in benchmarks/ablation.py: spotit 0.1's verification, then the shape checks alone
@@ -74,6 +76,10 @@ def sound(transform: np.ndarray | None, query_size: tuple[float, float], gallery
     if not conf["check_shape"]:
         return True
     width, height = query_size
+    corners = np.array([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]], np.float64)
+    depth = (corners @ transform[2]) / (np.array([width / 2, height / 2, 1.0]) @ transform[2])
+    if not np.all(depth > 0) or max(depth.max(), 1 / depth.min()) > conf["max_depth_ratio"]:
+        return False
     quad = map_box(transform, width, height).astype(np.float32)
     if not np.all(np.isfinite(quad)) or not cv2.isContourConvex(quad.reshape(-1, 1, 2)):
         return False  # self-crossing or folded: no view of a flat box does that
