@@ -67,6 +67,8 @@ def main() -> int:
             print(f"{set_name}: {label}", flush=True)
             result = run_step(set_name, root, method, regions, search)
             rows.setdefault(set_name, {})[label] = result
+            order = {step[0]: n for n, step in enumerate(STEPS)}  # rows in step order, whatever ran when
+            rows[set_name] = dict(sorted(rows[set_name].items(), key=lambda item: order.get(item[0], -1)))
             ABLATION_JSON.write_text(json.dumps(rows, indent=1) + "\n")
     results = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").is_file() else {}
     write_markdown(results)
