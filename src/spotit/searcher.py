@@ -109,11 +109,10 @@ class Snapshot:
         in memory when that commit has none (a reader never writes)."""
         def make():
             data = self.store.read_arrays(self.manifest.get("whitened"))
+            whitening = Whitening(data["mean"], data["projection"]) if data is not None and "mean" in data else None
             if data is not None and data["names"].tolist() == self.names:
-                whitening = Whitening(data["mean"], data["projection"]) if "mean" in data else None
                 matrix, per_image = data["matrix"], int(data["regions_per_image"])
             else:  # mid-update, or an index without one: whiten as the stored whitening (or a new one) says
-                whitening = Whitening(data["mean"], data["projection"]) if data is not None and "mean" in data else None
                 regions = self.store.load_dense("regions")[1]
                 whitening, matrix = whiten_regions(regions, self.manifest["feature_settings"]["regions"], whitening)
                 per_image = regions.shape[1]
