@@ -62,3 +62,13 @@ def noise_image():
         return path
 
     return write
+
+
+def edit_state(index_dir, edit):
+    """Change an index's committed settings in place, as another program or version could have left them."""
+    from spotit.catalogue import Catalogue, Images
+
+    catalogue = Catalogue(index_dir)
+    state = catalogue.state()
+    edit(state)
+    catalogue.commit(state, Images())

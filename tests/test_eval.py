@@ -28,7 +28,7 @@ def alphabetical(index):
     """Make the index rank its gallery alphabetically, whatever the query: hand-computable metrics."""
 
     def search(query, boxes=None, method="cnn", top=None, progress=False):
-        return [Result(n.rsplit(".", 1)[0], str(index.gallery / n), 1.0) for n in sorted(index.manifest["images"])]
+        return [Result(n.rsplit(".", 1)[0], str(index.gallery / n), 1.0) for n in index.snapshot().names]
 
     index.search = search
     return index

@@ -8,6 +8,7 @@ import pytest
 from spotit import Index, SpotitError
 from spotit.local_features import LocalFeatures
 from spotit.store import MANIFEST, Store
+from conftest import edit_state
 
 
 def test_index_holds_every_gallery_image_with_both_feature_kinds(demo, demo_index):
@@ -70,7 +71,7 @@ def test_interrupted_update_keeps_every_finished_photo_and_resumes(gallery_copy,
     monkeypatch.setattr(index.features, "extract", dying)
     with pytest.raises(KeyboardInterrupt):
         index.update(progress=False, shard_size=256, workers=1)
-    saved = Store.open(tmp_path / "idx").manifest["images"]
+    saved = Store.open(tmp_path / "idx").images
     assert len(saved) == 8  # the eight finished photos are committed, though no shard was full
     resumed = Index.open_or_create(tmp_path / "idx", gallery_copy, ["cnn"]).update(progress=False)
     assert (resumed.added, resumed.unchanged) == (12, 8)
@@ -84,20 +85,14 @@ def test_missing_index_says_how_to_build_one(tmp_path):
 
 def test_index_from_another_version_is_refused(demo, tmp_path):
     Index.create(tmp_path / "idx", demo["gallery"], ["cnn"])
-    path = tmp_path / "idx" / MANIFEST
-    manifest = json.loads(path.read_text())
-    manifest.update(format=99, spotit_version="9.9")
-    path.write_text(json.dumps(manifest))
+    edit_state(tmp_path / "idx", lambda state: state.update(format=99, spotit_version="9.9"))
     with pytest.raises(SpotitError, match="spotit 9.9.*rebuild"):
         Index.open(tmp_path / "idx")
 
 
 def test_index_with_other_feature_settings_is_refused(demo, tmp_path):
     Index.create(tmp_path / "idx", demo["gallery"], ["cnn"])
-    path = tmp_path / "idx" / MANIFEST
-    manifest = json.loads(path.read_text())
-    manifest["feature_settings"]["global"]["crop"] = 123
-    path.write_text(json.dumps(manifest))
+    edit_state(tmp_path / "idx", lambda state: state["feature_settings"]["global"].update(crop=123))
     with pytest.raises(SpotitError, match="other feature settings.*--rebuild"):
         Index.open(tmp_path / "idx")
 
@@ -138,7 +133,7 @@ def test_local_reader_returns_what_each_shard_stored(tmp_path):
         feats = [random_features(0 if name == "empty" else int(rng.integers(2, 50))) for name in names]
         shard = store.write_shard(names, {"verify": feats})
         for row, (name, feat) in enumerate(zip(names, feats)):
-            store.manifest["images"][name] = {"shard": shard, "row": row}
+            store.images[name] = {"shard": shard, "row": row}
             written[name] = feat
     reader = store.local_reader("verify")
     for name in ["c", "a", "empty", "b"]:
@@ -147,3 +142,15 @@ def test_local_reader_returns_what_each_shard_stored(tmp_path):
         assert np.array_equal(read.descriptors, written[name].descriptors)
     with pytest.raises(SpotitError, match="no sift features"):
         store.local_reader("sift")("a")
+
+
+def test_an_index_in_the_json_format_of_spotit_0_1_says_how_to_rebuild(gallery_copy, tmp_path):
+    index_dir = tmp_path / "old"
+    index_dir.mkdir()
+    (index_dir / MANIFEST).write_text(json.dumps({"format": 1, "spotit_version": "0.1.0", "gallery": str(gallery_copy),
+                                                 "images": {}, "feature_settings": {}, "methods": ["cnn"]}))
+    with pytest.raises(SpotitError, match=r"spotit 0\.1\.0 in another format; rebuild it with `spotit index GALLERY"):
+        Index.open(index_dir)
+    rebuilt = Index.open_or_create(index_dir, gallery_copy, ["cnn"], rebuild=True)
+    assert rebuilt.update(progress=False).added == 20
+    assert not (index_dir / MANIFEST).exists() and (index_dir / "catalogue.db").is_file()

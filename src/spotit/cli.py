@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, backbones
+from . import __version__, backbones, vectors
 from .errors import SpotitError
 from .fileio import check_output_dir, check_output_file
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
@@ -83,7 +83,7 @@ def positive_int(text: str) -> int:
 def cmd_index(args) -> int:
     index_dir = check_output_dir(args.index or default_index_dir(), "index folder")
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
-                                 rebuild=args.rebuild, moved=args.moved, wait=args.wait)
+                                 rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors)
     try:
         report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels)
     except KeyboardInterrupt:
@@ -257,6 +257,17 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_scale(args) -> int:
+    from .scale import format_scale, scale
+
+    result = scale(args.dataset, args.images, args.index, args.vectors, args.method, args.max_queries, args.top,
+                   args.recall, progress=not args.quiet)
+    say(format_scale(result))
+    if args.json:
+        say(json.dumps(result))
+    return 0
+
+
 def cmd_make_clutter(args) -> int:
     from .clutter import ClutterConfig, make_clutter
 
@@ -289,6 +300,9 @@ at a time per index: a second is refused (or waits with --wait); searches go on 
     "eval": """examples:
   spotit eval ../shared/datasets/holidays-dev --method hybrid
   spotit eval path/to/set --method sift --max-queries 30 --json""",
+    "scale": """examples:
+  spotit bench scale ../shared/datasets/holidays-dev --images 100000
+  spotit bench scale ../shared/datasets/clutter-hard-dev --images 1000000 --max-queries 30 --json""",
     "make-clutter": """example:
   spotit bench make-clutter ukbench-dev holidays-dev clutter-mine --seed 0
   spotit bench make-clutter ukbench-dev holidays-dev clutter-hard --seed 2 --hard   # shared scenes, turned views""",
@@ -325,11 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, help="weights file for the backbone (resnet18: torchvision's resnet18-f37072fd.pth)")
     p.add_argument("--rebuild", action="store_true",
                    help="empty the index and extract every photo again; deletes only spotit's own files in the "
-                        "index folder (manifest, shards, derived arrays), never the gallery or other files")
+                        "index folder (catalogue, shards, derived arrays), never the gallery or other files")
     p.add_argument("--moved", action="store_true",
                    help="the gallery folder was moved or renamed to GALLERY: re-point the index to it, keeping the "
                         "features of photos whose size and time are unchanged")
     p.add_argument("--wait", action="store_true", help="if another update of this index is running, wait for it instead of stopping")
+    p.add_argument("--vectors", choices=vectors.CHOICES,
+                   help="the region shortlist's vector index: exact (every region in memory), ivfpq (faiss IVF with "
+                        f"PQ codes, best candidates re-scored exactly) or auto: exact up to {vectors.AUTO_EXACT_PHOTOS:,} "
+                        "photos (the default; a changed choice is kept and made by this update)")
     add_max_pixels_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -373,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="end with one line of JSON holding every figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = subcommand(sub, "bench", "benchmark tools (make-clutter)", "Tools that make benchmark sets.", None)
+    p = subcommand(sub, "bench", "benchmark tools (make-clutter, scale)",
+                   "Tools that make benchmark sets and measure spotit at scale.", None)
     p.epilog = EXAMPLES["make-clutter"]
     bench = p.add_subparsers(dest="bench_command", metavar="TOOL", required=True)
     p = subcommand(bench, "make-clutter", "paste object views into scene photos: a boxed-query benchmark",
@@ -394,6 +413,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: half near upright, a fifth anywhere)")
     p.add_argument("--hard", action="store_true", help="clutter-hard-dev's conditions: --shared-scenes --turned 0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = subcommand(bench, "scale", "a set's real queries against its gallery plus simulated distractors",
+                   "Index a benchmark set (as `spotit eval` does), add simulated distractors made from its own "
+                   "features until the index holds N photos, then run the set's real queries in a fresh process: "
+                   "mAP, latency, peak memory, time to the first answer, disk per photo. The scale index is kept "
+                   "in the cache and reused. How distractors are made: `python -m pydoc spotit.scale`.", cmd_scale)
+    p.epilog = EXAMPLES["scale"]
+    p.add_argument("dataset", type=Path, help="benchmark folder, as for `spotit eval`")
+    p.add_argument("--images", type=positive_int, required=True, metavar="N", help="photos in the index in all")
+    p.add_argument("--vectors", choices=vectors.CHOICES, default="auto", help="vector index kind (default: auto)")
+    p.add_argument("--method", default="hybrid", choices=["hybrid", "regional"], help="search method (default: hybrid)")
+    p.add_argument("--max-queries", type=positive_int, help="run at most this many queries, spread over the set")
+    p.add_argument("--top", type=positive_int, default=1000, help="rank this many photos per query (default: 1000)")
+    p.add_argument("--recall", action="store_true",
+                   help="also measure the vector shortlist's recall@100 against exact search (holds every region in memory)")
+    p.add_argument("--index", type=Path, help="folder for the scale index (default: one in the cache per set and N, reused)")
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 

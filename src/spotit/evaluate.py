@@ -26,6 +26,14 @@ def default_eval_index(dataset: Dataset, backbone: str) -> Path:
     return backbones.cache_dir() / "eval" / f"{dataset.name}-{key}-{backbone}"
 
 
+def eval_index(dataset: Dataset, method: str, backbone: str, index_dir=None) -> Index:
+    """The index `spotit eval` uses for a set: `index_dir`, or its own in the cache (rebuilt when outdated)."""
+    path = Path(index_dir or default_eval_index(dataset, backbone))
+    # the default cache index is ours to rebuild; a user's --index is never replaced behind their back
+    stale = index_dir is None and Store.exists(path) and not Index.is_current(path)
+    return Index.open_or_create(path, dataset.gallery, [method], backbone, rebuild=stale)
+
+
 def sample_queries(queries: list, limit: int | None) -> list:
     """At most `limit` queries, evenly spread over the set (deterministic)."""
     if not limit or limit >= len(queries):
@@ -43,12 +51,23 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
     if not dataset.queries:
         raise SpotitError(f"{root} has no queries")
     if index is None:
-        path = Path(index_dir or default_eval_index(dataset, backbone))
-        # the default cache index is ours to rebuild; a user's --index is never replaced behind their back
-        stale = index_dir is None and Store.exists(path) and not Index.is_current(path)
-        index = Index.open_or_create(path, dataset.gallery, [method], backbone, rebuild=stale)
+        index = eval_index(dataset, method, backbone, index_dir)
     report = index.update(progress=progress)
+    result = run_queries(dataset, index, method, max_queries, progress)
+    result.pop("query_seconds")
+    result["index_bytes_per_image"] = index.store.size_bytes() / max(len(index), 1)
+    result["gallery_images"] = len(index)
+    result["backbone"] = index.manifest["backbone"]
+    result["skipped_images"] = len(report.skipped)
+    return result
+
+
+def run_queries(dataset: Dataset, index: Index, method: str, max_queries: int | None = None, progress: bool = True,
+                top: int | None = None, keep=None) -> dict:
+    """Quality and speed of `method` for the dataset's queries against `index`, which holds its gallery (and
+    maybe more: ids for which `keep` is true count as gallery photos that are never relevant)."""
     allowed = set(dataset.gallery_ids) if dataset.gallery_ids is not None else None
+    keep = keep or (lambda _: False)
 
     queries = sample_queries(dataset.queries, max_queries)
     per_protocol: dict[str, list[dict]] = {p: [] for p in dataset.protocols}
@@ -56,9 +75,9 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
     object_boxes = dataset.meta.get("object_boxes")
     for query in tqdm(queries, desc=f"eval {method}", unit="query", disable=not progress, dynamic_ncols=True):
         started = time.perf_counter()
-        hits = index.search(query.path, query.boxes, method=method, top=None)
+        hits = index.search(query.path, query.boxes, method=method, top=top)
         seconds.append(time.perf_counter() - started)
-        ranking = [h.id for h in hits if allowed is None or h.id in allowed]
+        ranking = [h.id for h in hits if allowed is None or h.id in allowed or keep(h.id)]
         for protocol, (positives, junk) in query.protocols.items():
             per_protocol[protocol].append(query_metrics(ranking, positives, junk, KAPPAS))
         if dataset.groups_of_four:
@@ -79,9 +98,9 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
         **{f"p@{k}": means[main_protocol][f"p@{k}"] for k in KAPPAS},
         "ns": float(np.mean(ns)) if ns else None,
         "index_images_per_s": index.manifest.get("images_per_s"),
+        "query_seconds": seconds,
         "query_s_median": float(np.median(seconds)),
         "query_s_p95": float(np.percentile(seconds, 95)),
-        "index_bytes_per_image": index.store.size_bytes() / max(len(index), 1),
     }
     if object_boxes is not None:
         # localisation: verified relevant results whose box overlaps where the object truly lies
@@ -91,9 +110,6 @@ def evaluate(root, method: str = "hybrid", index_dir=None, backbone: str = backb
     if dataset.layout == "revisited":
         for protocol in ("easy", "hard"):
             result[f"map_{protocol}"] = means[protocol]["ap"]
-    result["gallery_images"] = len(index)
-    result["backbone"] = index.manifest["backbone"]
-    result["skipped_images"] = len(report.skipped)
     return result
 
 

@@ -77,22 +77,25 @@ class Index:
 
     @classmethod
     def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None,
-               confs: dict | None = None, wait: bool = False) -> "Index":
+               confs: dict | None = None, wait: bool = False, vectors: str | None = None) -> "Index":
         """A new, empty index at `path` (absent or an empty folder). `confs` overrides the named configuration
         of a feature kind, e.g. {"regions": "gem-672"}."""
-        return cls.open_or_create(path, gallery, methods, backbone, weights, confs=confs, wait=wait, _new=True)
+        return cls.open_or_create(path, gallery, methods, backbone, weights, confs=confs, wait=wait, vectors=vectors,
+                                  _new=True)
 
     @classmethod
     def open_or_create(cls, path=None, gallery=None, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE,
                        weights=None, rebuild=False, confs: dict | None = None, moved: bool = False,
-                       wait: bool = False, _new: bool = False) -> "Index":
+                       wait: bool = False, vectors: str | None = None, _new: bool = False) -> "Index":
         """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one.
 
         `rebuild` extracts every photo again (deleting spotit's own files only; with unchanged settings the
         old features serve searches until replaced); `moved` re-points it to `gallery` when the gallery
-        folder was moved, keeping the features of unchanged photos; `wait` waits for another writer."""
+        folder was moved, keeping the features of unchanged photos; `wait` waits for another writer;
+        `vectors` chooses the vector index: "exact", "ivfpq" (approximate) or "auto" (by the gallery's size;
+        the default), made by the next update."""
         store = lifecycle.open_or_create(Path(path or default_index_dir()).absolute(), gallery, methods, backbone,
-                                         weights, rebuild, confs, moved, wait, _new)
+                                         weights, rebuild, confs, moved, wait, _new, vectors)
         return cls(store, weights)
 
     # ---- what it holds -------------------------------------------------------------------------
@@ -124,7 +127,7 @@ class Index:
         return kinds_of(self.methods_built)
 
     def __len__(self) -> int:
-        return len(self.manifest["images"])
+        return len(self.snapshot().names)
 
     # ---- updating ------------------------------------------------------------------------------
     def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None, wait: bool = False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import backbones, global_features, local_features
+from . import backbones, global_features, local_features, vectors
 from .errors import SpotitError
 from .lock import WriterLock
 from .searcher import METHOD_KINDS
@@ -45,10 +45,12 @@ def parse_methods(method: str) -> list[str]:
 
 
 def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild: bool, confs: dict | None,
-                   moved: bool, wait: bool, new: bool) -> Store:
+                   moved: bool, wait: bool, new: bool, vectors_choice: str | None = None) -> Store:
     """The committed state of the index folder `path` after Index.open_or_create's request (see there);
     `new` refuses an existing index."""
     methods = check_methods(methods)
+    if vectors_choice is not None:
+        vectors.resolve(vectors_choice, 0)  # refuses an unknown one
     backbones.check_backbone(backbone)
     check_index_folder(path)
     gallery_path = Path(gallery).resolve() if gallery is not None else None
@@ -75,22 +77,21 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
         settings = None if gallery_path is None else {
             "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
             "weights": str(Path(weights).resolve()) if weights else None,
-            "confs": {**DEFAULT_CONFS, **(confs or {})},
+            "confs": {**DEFAULT_CONFS, **(confs or {})}, "vectors": vectors_choice or "auto",
         }
         if settings is not None:
             settings["feature_settings"] = feature_settings(backbone, settings["confs"])
         if old is not None and rebuild and old.manifest.get("format") == FORMAT and same_features(old.manifest, settings):
             # extract every photo again; until each is replaced, its old features keep serving searches
-            for entry in old.manifest["images"].values():
-                entry["stale"] = True
-            old.manifest.update(methods=settings["methods"], skipped={})
+            mark_stale(old.images)
+            old.manifest.update(methods=settings["methods"], skipped={}, vectors=vectors_choice or old.manifest.get("vectors", "auto"))
             old.commit()
             return old
-        if old is None or rebuild or (not old.manifest["images"] and not same_features(old.manifest, settings)):
+        if old is None or rebuild or (not old.images and not same_features(old.manifest, settings)):
             store = Store.create(path, {**settings, "weights_sha256": None}, previous=old)
             store.remove_unused()  # the old state's files, now that nothing points to them
             return store
-        adopt(old, gallery_path, methods, backbone, moved)
+        adopt(old, gallery_path, methods, backbone, moved, vectors_choice)
     return old
 
 
@@ -99,11 +100,13 @@ def open_for_rebuild(path: Path) -> Store | None:
     try:
         return Store.open(path) if Store.exists(path) else None
     except SpotitError:
-        return Store(path, read_manifest(path))
+        manifest = read_manifest(path)
+        return Store(path, manifest, manifest.get("images") if isinstance(manifest.get("images"), dict) else {})
 
 
-def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: bool) -> None:
-    """Check an existing index against what the caller asked for; add methods, re-point a moved gallery."""
+def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: bool, vectors_choice: str | None) -> None:
+    """Check an existing index against what the caller asked for; add methods, re-point a moved gallery,
+    change the kind of vector index (made by the next update)."""
     manifest, root = store.manifest, store.root
     if gallery is not None and gallery != Path(manifest["gallery"]):
         if not moved:
@@ -125,10 +128,18 @@ def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: boo
         # every image must hold every kind of feature, so a method needing new kinds re-extracts all; it is
         # served once the update has done so, and until then searches go on with the methods there are
         manifest["pending_methods"] = sorted(set(manifest.get("pending_methods", [])) | wanted)
-        for entry in manifest["images"].values():
-            entry["stale"] = True
-    if wanted or moved:
+        mark_stale(store.images)
+    changed_vectors = vectors_choice is not None and vectors_choice != manifest.get("vectors", "auto")
+    if changed_vectors:
+        manifest["vectors"] = vectors_choice
+    if wanted or moved or changed_vectors:
         store.commit()
+
+
+def mark_stale(images: dict) -> None:
+    """Every photo to be extracted again by the next update (its features serve until then)."""
+    for name, entry in list(images.items()):
+        images[name] = {**entry, "stale": True}
 
 
 def same_features(manifest: dict, settings: dict | None) -> bool:

@@ -60,25 +60,16 @@ def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]
     return list(chosen)
 
 
-def region_scores(regions: np.ndarray, per_image: int, vectors: np.ndarray) -> np.ndarray:
-    """Best similarity of each of the (k, D) `vectors` to any region of each image: (k, images).
-
-    `regions` is (D, images * per_image), one column per region: a row-major product over the long
-    axis runs 1.6x faster than (images * per_image, D) times a few vectors."""
-    vectors = np.atleast_2d(vectors)
-    return (vectors @ regions).reshape(len(vectors), -1, per_image).max(axis=2)
-
-
 def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names: list[str], upright: np.ndarray,
-           rotated: np.ndarray, read, sizes: list[tuple[int, int]], conf: dict, regions: np.ndarray, per_image: int,
+           rotated: np.ndarray, read, sizes: list[tuple[int, int]], conf: dict, regions,
            query_vector: np.ndarray) -> tuple[np.ndarray, dict[int, Verification]]:
     """Verify the shortlist; returns the final scores of every image and each verification by row.
     `query_size` is the query crop's (width, height), `sizes` each gallery photo's; `boxed`: the query
     was cut from a photo by a box.
 
-    `regions` holds the gallery's region descriptors as columns, as `region_scores` takes them."""
+    `regions` searches the gallery's whitened region descriptors (vectors.ExactRegions or ApproximateRegions)."""
     rows = shortlist(upright, rotated, conf)
-    verifications = verify_many(query, [read(names[i]) for i in rows], query_size, [sizes[i] for i in rows], boxed,
+    verifications = verify_many(query, [read(names[i], i) for i in rows], query_size, [sizes[i] for i in rows], boxed,
                                 verify_confs[conf["verify"]])
     checks = dict(zip(rows, verifications))
     inliers = np.zeros(len(names))  # the evidence: inliers weighted by where they lie in the box
@@ -91,10 +82,10 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
         fused = fuse(base, inliers, conf)
         expanding = [i for i in rank(fused)[: 3 * conf["qe"]] if inliers[i] >= conf["qe_min_inliers"]][: conf["qe"]]
         if expanding:
-            blocks = [regions[:, i * per_image : (i + 1) * per_image] for i in expanding]
+            blocks = [regions.block(i) for i in expanding]
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
-            base = np.maximum(base, region_scores(regions, per_image, expanded)[0])
+            base = np.maximum(base, regions.scores(expanded)[0])
     return fuse(base, inliers, conf), checks
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from . import rerank
+from . import rerank, vectors
+from .derived import Learned
 from .images import Box, assign_ids
 from .matching import ratio_matches
 from .ranking import rank
@@ -75,7 +76,7 @@ class Snapshot:
     def __init__(self, store: Store):
         self.store = store
         self.manifest = store.manifest
-        self.names = sorted(self.manifest["images"])
+        self.names = store.names()
         self._lock = threading.RLock()
         self._cache: dict = {}
 
@@ -101,23 +102,65 @@ class Snapshot:
     @property
     def sizes(self) -> list[tuple[int, int]]:
         """(width, height) of each gallery photo, upright: verification's geometry needs them."""
-        images = self.manifest["images"]
-        return self.cached("sizes", lambda: [(images[n]["width"], images[n]["height"]) for n in self.names])
-
-    def whitened(self) -> tuple[np.ndarray, Whitening | None, int]:
-        """(region columns, whitening, regions per image): stored by the writer's commit, or derived here
-        in memory when that commit has none (a reader never writes)."""
         def make():
-            data = self.store.read_arrays(self.manifest.get("whitened"))
-            whitening = Whitening(data["mean"], data["projection"]) if data is not None and "mean" in data else None
-            if data is not None and data["names"].tolist() == self.names:
-                matrix, per_image = data["matrix"], int(data["regions_per_image"])
-            else:  # mid-update, or an index without one: whiten as the stored whitening (or a new one) says
-                regions = self.store.load_dense("regions")[1]
-                whitening, matrix = whiten_regions(regions, self.manifest["feature_settings"]["regions"], whitening)
-                per_image = regions.shape[1]
-            return np.ascontiguousarray(matrix.T, dtype=np.float32), whitening, per_image  # as region_scores wants
-        return self.cached("whitened", make)
+            columns = self.store.columns()
+            return list(zip(columns.width.tolist(), columns.height.tolist()))
+        return self.cached("sizes", make)
+
+    def regions(self):
+        """(region search, whitening): the regions of every photo in the whitened space, searchable by
+        similarity (vectors.py), and the whitening a query must go through to be compared with them."""
+        return self.cached("regions", self._regions)
+
+    def exact_regions(self, per_image: int) -> vectors.ExactRegions:
+        """Every photo's stored whitened regions, in memory: exact search."""
+        matrix = None
+        for shard, members in self.store.placements().items():
+            whitened = self.store.read_whitened(shard)
+            if matrix is None:
+                matrix = np.empty((len(self.names), *whitened.shape[1:]), np.float32)
+            positions, rows = zip(*members)
+            matrix[list(positions)] = whitened[list(rows)]
+        return vectors.ExactRegions(matrix, per_image)
+
+    def _regions(self):
+        store, learned = self.store, self.store.learned
+        shards = store.live_shards()
+        if learned is None or not all(store.has_derived(shard) for shard in shards):
+            # the first update is still running, or it was interrupted: whiten in memory (a reader never writes)
+            whitening = Learned.read(store).whitening if learned else None
+            raw = store.load_dense("regions")[1]
+            whitening, matrix = whiten_regions(raw, self.manifest["feature_settings"]["regions"], whitening)
+            return vectors.ExactRegions(matrix.reshape(len(raw), raw.shape[1], -1), raw.shape[1]), whitening
+        parts = Learned.read(store)
+        if learned["vectors"] == "exact":
+            return self.exact_regions(parts.per_image), parts.whitening
+        import faiss
+
+        index = parts.trained
+        for shard in store.placements():
+            index.merge_from(faiss.deserialize_index(np.frombuffer(store.read_codes(shard), np.uint8)), 0)
+        columns = store.columns()
+        numbers = np.array([int(shard.removesuffix(".h5")) for shard in columns.shards], np.int64)
+        vids = (numbers[columns.shard] << vectors.ROW_BITS) | columns.row
+        order = np.argsort(vids)
+        sorted_vids = vids[order]
+
+        def positions(wanted: np.ndarray) -> np.ndarray:
+            at = np.minimum(np.searchsorted(sorted_vids, wanted), len(sorted_vids) - 1)
+            return np.where(sorted_vids[at] == wanted, order[at], -1)
+
+        maps: dict[str, np.ndarray] = {}
+
+        def read(position: int) -> np.ndarray:
+            shard = columns.shards[columns.shard[position]]
+            if shard not in maps:
+                maps[shard] = store.read_whitened(shard)
+            return maps[shard][columns.row[position]]
+
+        search = vectors.ApproximateRegions(index, parts.per_image, len(self.names), positions, read,
+                                            vectors.confs["ivfpq"])
+        return search, parts.whitening
 
 
 class Searcher:
@@ -136,11 +179,11 @@ class Searcher:
         space: (scores, best scores of the turned query, whitened upright query vector).
         `photo_side`: longest side of the photo the query was cropped from. A boxed query scores by its
         best view (rerank.confs); a whole photo by its upright view."""
-        columns, whitening, per_image = snap.whitened()
+        regions, whitening = snap.regions()
         descriptors = self.extractor("regions").query(query, photo_side, rerank.query_views(self.conf, boxed))
         if whitening is not None:
             descriptors = whitening(descriptors)
-        sims = rerank.region_scores(columns, per_image, descriptors)
+        sims = regions.scores(descriptors)
         if boxed and self.conf["boxed_views"]:
             best = sims.max(axis=0)
             return best, best, descriptors[0]
@@ -161,9 +204,8 @@ class Searcher:
             query_local = pool.submit(self.extractor("verify"), query)
             scores, rotated, query_vector = self.regional(snap, query, photo_side, boxed)
             query_local = query_local.result()
-        columns, _, per_image = snap.whitened()
         return rerank.rerank(query_local, (query.shape[1], query.shape[0]), boxed, snap.names, scores, rotated,
-                             snap.reader("verify"), snap.sizes, self.conf, columns, per_image, query_vector)
+                             snap.reader("verify"), snap.sizes, self.conf, snap.regions()[0], query_vector)
 
     def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool):
         """(scores, verifications or None) of every gallery image for one query crop."""
@@ -190,7 +232,7 @@ class Searcher:
 
     def _result(self, snap: Snapshot, row: int, score: float, checks, crop: np.ndarray) -> Result:
         name = snap.names[row]
-        entry = snap.manifest["images"][name]
+        entry = snap.store.entry(name, row)
         path = os.path.join(snap.manifest["gallery"], name)
         result = Result(snap.ids[row], path, score, width=entry.get("width"), height=entry.get("height"),
                         stale=stale_reason(path, entry))

@@ -1,18 +1,21 @@
-"""On-disk index storage: a JSON manifest plus HDF5 feature shards, all written atomically.
+"""On-disk index storage: a SQLite catalogue plus HDF5 feature shards, all written atomically.
 
 Layout of an index folder:
-    manifest.json        the committed state: settings, and for every indexed image its file stamp and
-                         where its features are; `"kind": "spotit-index"` marks the folder as spotit's
+    catalogue.db         the committed state (catalogue.py): settings, and for every indexed photo its file
+                         stamp and where its features are; its `"kind": "spotit-index"` marks the folder
     shards/NNNNNN.h5     features of a batch of images: `names`, one dataset per dense feature kind
                          (one row per name), and one group per local feature kind holding the ragged
                          `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
-    regions-whitened-G.npz   derived: the whitening learned at commit G and the whitened region matrix
+    shards/NNNNNN.wL.npy     derived: the shard's region descriptors whitened by learned parts L (float16)
+    shards/NNNNNN.cL.faiss   derived: the same as faiss IVF-PQ codes, when the vector index is approximate
+    learned-L.npz        the learned parts of commit L: the regions' whitening (and learned-L.faiss: the
+                         trained, empty vector index); learned again only when the gallery doubles or halves
     write.lock           held (flock) by the one process allowed to change the index
 
-Files are immutable once written: a writer adds new shards, then replaces the manifest that points to
-them (write, then rename). A reader therefore always holds one committed state. Files that no manifest
-points to any more are deleted only by the writer, after its commit; a reader that finds one gone knows
-the index moved on, and reloads.
+Files are immutable once written: a writer adds new shards, then commits the catalogue transaction that
+points to them. A reader therefore always holds one committed state. Files that no commit points to any
+more are deleted only by the writer, after its commit; a reader that finds one gone knows the index moved
+on, and reloads.
 """
 
 from __future__ import annotations
@@ -25,16 +28,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .catalogue import SIDE_FILES, Catalogue, Changed, Columns, Images, in_order
 from .errors import SpotitError
 from .fileio import TEMPORARY_PREFIX, atomic_path, atomic_write_bytes
 from .local_features import LocalFeatures
 from .lock import LOCK_FILE
 
-FORMAT = 1
+FORMAT = 2
 KIND = "spotit-index"
-MANIFEST = "manifest.json"
+MANIFEST = "manifest.json"  # the JSON state of spotit 0.1 and of format 1: read only to say "rebuild"
 SHARD_NAME = re.compile(r"(\d{6})\.h5")
-DERIVED_NAME = re.compile(r"regions-whitened-(\d+)\.npz")
+DERIVED_NAME = re.compile(r"(?:regions-whitened|learned)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
+SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wc](\d+)\.(?:npy|faiss)")
 LEGACY_DERIVED = "regions-whitened.npz"  # spotit 0.1's name
 TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.tmp")  # fileio.atomic_path's, left by a killed writer
 
@@ -44,9 +49,18 @@ class SnapshotGone(SpotitError):
 
 
 def read_manifest(root: Path) -> dict | None:
-    """The manifest of a spotit index at `root`, or None when `root` holds no spotit index."""
+    """The committed state of a spotit index at `root` (of an older format: its JSON manifest), or None
+    when `root` holds no spotit index."""
+    state = Catalogue(root).state() if (root / "catalogue.db").is_file() else None
+    if state is not None:
+        return state if state.get("kind") == KIND else None
+    return read_json_manifest(root / MANIFEST)
+
+
+def read_json_manifest(path: Path) -> dict | None:
+    """The JSON manifest that spotit 0.1 and format 1 wrote, or None when `path` is not one."""
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(manifest, dict):
@@ -84,21 +98,16 @@ def is_our_lock(path: Path) -> bool:
         return False
 
 
-def manifest_signature(root: Path) -> tuple | None:
-    """Changes whenever a commit replaces the manifest (a rename gives it a new inode)."""
-    try:
-        stat = (root / MANIFEST).stat()
-    except OSError:
-        return None
-    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
 class Store:
-    def __init__(self, root: Path, manifest: dict, signature: tuple | None = None):
+    """One committed state of an index folder; a writer changes `manifest` (settings) and `images`, then commits."""
+
+    def __init__(self, root: Path, manifest: dict, images: dict | None = None):
         self.root = Path(root)
         self.manifest = manifest
-        self.signature = signature
+        self.catalogue = Catalogue(self.root)
         self.legacy = is_legacy(manifest)  # made by spotit 0.1: its derived file has the old name
+        self._images = Images(images) if images is not None else None
+        self._columns: Columns | None = None
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -108,29 +117,44 @@ class Store:
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Store":
         root = Path(root)
-        for _ in range(5):  # a commit between the stat and the read: take the newer one
-            signature = manifest_signature(root)
-            manifest = read_manifest(root)
-            if signature == manifest_signature(root):
-                break
+        manifest = read_manifest(root)
         if manifest is None:
-            if root.is_dir() and (root / MANIFEST).is_file():
-                raise SpotitError(f"{root} holds a {MANIFEST} that is not a spotit index's")
+            if root.is_dir() and ((root / MANIFEST).is_file() or Catalogue(root).exists()):
+                raise SpotitError(f"{root} holds a {MANIFEST} or catalogue that is not a spotit index's")
             raise SpotitError(f"no index at {root}: build one with `spotit index GALLERY --index {root}`")
         if manifest.get("format") != FORMAT:
             raise SpotitError(
                 f"index at {root} was made by spotit {manifest.get('spotit_version', '?')} in another format; "
                 f"rebuild it with `spotit index GALLERY --index {root} --rebuild`"
             )
-        return cls(root, manifest, signature)
+        return cls(root, manifest)
 
     def changed(self) -> bool:
         """Whether a writer has committed since this state was read."""
-        return manifest_signature(self.root) != self.signature
+        return self.catalogue.generation() != self.manifest.get("generation")
 
     def reload(self) -> "Store":
         """The latest committed state (a new Store; this one keeps its snapshot)."""
         return Store.open(self.root)
+
+    def _of_this_state(self, read):
+        try:
+            return read(self.manifest["generation"])
+        except Changed:
+            raise SnapshotGone(f"{self.catalogue.path} holds a newer commit") from None
+
+    @property
+    def images(self) -> Images:
+        """photo name -> {shard, row, size, mtime_ns, width, height[, stale]} (read on first use)."""
+        if self._images is None:
+            self._images = self._of_this_state(self.catalogue.images)
+        return self._images
+
+    def columns(self) -> Columns:
+        """Every photo as arrays, in catalogue order: what a search process holds of the catalogue."""
+        if self._columns is None:
+            self._columns = self._of_this_state(self.catalogue.columns)
+        return self._columns
 
     @classmethod
     def create(cls, root: str | os.PathLike, settings: dict, previous: "Store | None" = None) -> "Store":
@@ -141,10 +165,11 @@ class Store:
         root = Path(root)
         counters = {k: previous.manifest.get(k, 0) for k in ("next_shard", "generation")} if previous else {}
         manifest = {"kind": KIND, "format": FORMAT, "spotit_version": __version__, "next_shard": 0, "generation": 0,
-                    **counters, **settings, "images": {}, "skipped": {}, "whitened": None}
-        store = cls(root, manifest)
+                    **counters, **settings, "skipped": {}, "whitened": None}
+        manifest["generation"] += 1
+        Catalogue(root).create(manifest)
+        store = cls(root, manifest, {})
         store.legacy = previous is not None and previous.legacy
-        store.commit()
         return store
 
     # ---- writing -------------------------------------------------------------------------------
@@ -154,34 +179,41 @@ class Store:
 
     def commit(self) -> None:
         """Publish the in-memory manifest as the index's state (writer only, under the write lock)."""
-        self.root.mkdir(parents=True, exist_ok=True)
         self.manifest["kind"] = KIND
         self.manifest["generation"] = self.manifest.get("generation", 0) + 1
-        atomic_write_bytes(self.root / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
-        self.signature = manifest_signature(self.root)
+        self.catalogue.commit(self.manifest, self.images)
+        self._columns = None
 
     def own_files(self) -> list[Path]:
         """Every file spotit made in this folder, told by its name and number: a shard numbered below the
-        next shard, derived arrays of a past commit, spotit's temporary files. Nothing else is ever deleted."""
+        next shard, derived arrays of a past commit, spotit's temporary files, the JSON manifest of an
+        older format it replaced. Nothing else is ever deleted (SQLite's own files neither)."""
         generation, next_shard = self.manifest.get("generation", 0), self.manifest.get("next_shard", 0)
 
         def ours(folder: Path, name: str) -> bool:
             if TEMPORARY_NAME.fullmatch(name):
                 return True
             if folder == self.shard_dir:
+                if match := SHARD_DERIVED_NAME.fullmatch(name):
+                    return int(match[1]) < next_shard and int(match[2]) <= generation + 1
                 return bool((match := SHARD_NAME.fullmatch(name)) and int(match[1]) < next_shard)
+            if name == MANIFEST:
+                return read_json_manifest(folder / name) is not None
             match = DERIVED_NAME.fullmatch(name)
             return bool(match and int(match[1]) <= generation + 1) or (name == LEGACY_DERIVED and self.legacy)
 
         files = []
         for folder in (self.root, self.shard_dir):
             if folder.is_dir():
-                files += [p for p in folder.iterdir() if p.is_file() and ours(folder, p.name)]
+                files += [p for p in folder.iterdir() if p.is_file() and p.name not in SIDE_FILES and ours(folder, p.name)]
         return files
 
     def remove_unused(self) -> None:
         """Delete spotit's files that the committed manifest no longer points to (writer only, after commit)."""
-        used = {entry["shard"] for entry in self.manifest["images"].values()} | {self.manifest.get("whitened")}
+        shards = {entry["shard"] for entry in self.images.values()}
+        used = shards | set(self.learned_files())
+        if self.learned:
+            used |= {self.derived_path(shard, kind).name for shard in shards for kind in "wc"}
         for path in self.own_files():
             if path.name not in used:
                 path.unlink(missing_ok=True)
@@ -192,7 +224,8 @@ class Store:
         """Write the features of `names` to a new shard; returns its file name. The manifest is not changed.
 
         `features` maps a feature kind to a dense array with one row per name, or to a list of
-        LocalFeatures, stored ragged as `KIND/offsets`, `KIND/keypoints`, `KIND/descriptors`.
+        LocalFeatures, stored ragged as `KIND/offsets`, `KIND/keypoints`, `KIND/descriptors` (and
+        `KIND/rows` when some are shared).
         """
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         name = f"{self.manifest['next_shard']:06d}.h5"
@@ -206,19 +239,40 @@ class Store:
                     out.create_dataset(kind, data=data)
                     continue
                 group = out.create_group(kind)
-                counts = [len(f) for f in data]
+                # one object listed for several names is stored once, and `rows` maps each name to it
+                stored = list({id(f): f for f in data}.values())
+                if len(stored) < len(data):
+                    slot = {id(f): i for i, f in enumerate(stored)}
+                    group.create_dataset("rows", data=np.array([slot[id(f)] for f in data], np.int64))
+                counts = [len(f) for f in stored]
                 group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-                group.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in data] + [np.zeros((0, 4), np.float32)]))
-                group.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in data] + [np.zeros((0, 128), np.uint8)]))
+                group.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in stored] + [np.zeros((0, 4), np.float32)]))
+                group.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in stored] + [np.zeros((0, 128), np.uint8)]))
         return name
 
     # ---- reading -------------------------------------------------------------------------------
-    def _shards(self) -> dict[str, list[tuple[str, int]]]:
-        """shard file -> [(image name, row)] for the live entries of that shard."""
-        by_shard: dict[str, list[tuple[str, int]]] = {}
-        for image, entry in self.manifest["images"].items():
-            by_shard.setdefault(entry["shard"], []).append((image, entry["row"]))
+    def placements(self) -> dict[str, list[tuple[int, int]]]:
+        """shard file -> [(position in catalogue order, row)] for the live entries of that shard."""
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        if self._images is None:  # a reader: the columns it holds
+            columns = self.columns()
+            for i, (shard, row) in enumerate(zip(columns.shard.tolist(), columns.row.tolist())):
+                by_shard.setdefault(columns.shards[shard], []).append((i, row))
+            return by_shard
+        for i, name in enumerate(self.names()):  # a writer: its images, as changed so far
+            entry = self._images[name]
+            by_shard.setdefault(entry["shard"], []).append((i, entry["row"]))
         return by_shard
+
+    def names(self) -> list[str]:
+        """Every photo's name, in catalogue order."""
+        return self.columns().names if self._images is None else in_order(self._images)
+
+    def entry(self, name: str, position: int | None = None) -> dict:
+        """The catalogue entry of a photo (by its position in catalogue order, where known)."""
+        if self._images is None and position is not None:
+            return self.columns().entry(position)
+        return self.images[name]
 
     def _gone_or(self, path: Path, exc: Exception) -> SpotitError:
         """A file of this state that cannot be read: superseded by a writer's commit, or really damaged."""
@@ -237,31 +291,36 @@ class Store:
         return SpotitError(f"index at {self.root} holds no {kind} features; run `spotit index` with a method that needs them")
 
     def load_dense(self, kind: str) -> tuple[list[str], np.ndarray]:
-        """Names of all indexed images (sorted) and their dense features of `kind`, row for row."""
-        names, blocks = [], []
-        for shard, members in sorted(self._shards().items()):
+        """Names of all indexed images (catalogue order) and their dense features of `kind`, row for row."""
+        names = self.names()
+        out = None
+        for shard, members in sorted(self.placements().items()):
             with self._read(shard) as data:
                 if kind not in data:
                     raise self._missing(kind)
                 matrix = data[kind][()]
-            names.extend(image for image, _ in members)
-            blocks.append(matrix[[row for _, row in members]])
-        if not names:
+            if out is None:
+                out = np.zeros((len(names), *matrix.shape[1:]), matrix.dtype)
+            positions, rows = zip(*members)
+            out[list(positions)] = matrix[list(rows)]
+        if out is None:
             return [], np.zeros((0, 1), np.float32)
-        order = np.argsort(names, kind="stable")
-        return [names[i] for i in order], np.concatenate(blocks)[order]
+        return names, out
 
     def load_local(self, kind: str) -> dict[str, LocalFeatures]:
         """Local features of `kind` of every indexed image."""
         features: dict[str, LocalFeatures] = {}
-        for shard, members in sorted(self._shards().items()):
+        names = self.names()
+        for shard, members in sorted(self.placements().items()):
             with self._read(shard) as data:
                 if kind not in data:
                     raise self._missing(kind)
                 offsets, keypoints, descriptors = (data[kind][k][()] for k in ("offsets", "keypoints", "descriptors"))
-            for image, row in members:
+                slots = data[kind]["rows"][()] if "rows" in data[kind] else None
+            for position, row in members:
+                row = row if slots is None else slots[row]
                 a, b = offsets[row], offsets[row + 1]
-                features[image] = LocalFeatures(keypoints[a:b], descriptors[a:b])
+                features[names[position]] = LocalFeatures(keypoints[a:b], descriptors[a:b])
         return features
 
     def local_reader(self, kind: str) -> "LocalReader":
@@ -270,35 +329,94 @@ class Store:
     def shard_rows(self) -> dict[str, int]:
         """Total rows per shard file, live or not (for compaction)."""
         totals = {}
-        for shard in self._shards():
+        for shard in self.placements():
             with self._read(shard) as data:
                 totals[shard] = len(data["names"])
         return totals
 
-    def write_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> str:
-        """Derived data as a new `.npz` beside the manifest (atomic); returns its file name for the manifest.
+    # ---- learned parts and what is derived with them ------------------------------------------
+    @property
+    def learned(self) -> dict | None:
+        """{"version", "photos", "vectors"}: the learned parts in use and how many photos they were learned from."""
+        return self.manifest.get("learned")
 
-        The name carries the generation it will be committed with, so readers of the previous state keep theirs."""
+    def learned_files(self) -> list[str]:
+        if not self.learned:
+            return []
+        version = self.learned["version"]
+        return [f"learned-{version}.npz"] + ([f"learned-{version}.faiss"] if self.learned["vectors"] == "ivfpq" else [])
+
+    def next_learned_version(self) -> int:
+        """The version new learned parts take: the generation they will be committed with, so readers of the
+        previous state keep theirs."""
+        return self.manifest.get("generation", 0) + 1
+
+    def write_learned(self, version: int, arrays: dict[str, np.ndarray], index_bytes: np.ndarray | None) -> None:
         import io
 
-        filename = f"{name}-{self.manifest.get('generation', 0) + 1}.npz"
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(self.root / filename, buffer.getvalue())
-        return filename
+        atomic_write_bytes(self.root / f"learned-{version}.npz", buffer.getvalue())
+        if index_bytes is not None:
+            atomic_write_bytes(self.root / f"learned-{version}.faiss", index_bytes.tobytes())
 
-    def read_arrays(self, filename: str | None) -> dict[str, np.ndarray] | None:
-        """Derived data named by the manifest; None when there is none (callers derive it in memory)."""
-        if not filename:
-            return None
-        path = self.root / filename
+    def read_learned(self) -> tuple[dict[str, np.ndarray], bytes | None]:
+        """The arrays of the learned parts in use, and the trained vector index's bytes (if approximate)."""
+        files = self.learned_files()
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
+            with np.load(self.root / files[0], allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            index = (self.root / files[1]).read_bytes() if len(files) > 1 else None
+        except FileNotFoundError as exc:
+            raise self._gone_or(self.root / files[0], exc) from None
+        except (OSError, ValueError) as exc:
+            raise SpotitError(f"learned parts {files[0]} of {self.root} are unreadable ({exc}); "
+                              f"rebuild with `spotit index GALLERY --rebuild`") from None
+        return arrays, index
+
+    def derived_path(self, shard: str, kind: str, version: int | None = None) -> Path:
+        """A shard's derived file: kind "w" (whitened regions) or "c" (vector codes) of learned `version`."""
+        version = self.learned["version"] if version is None else version
+        return self.shard_dir / f"{shard.removesuffix('.h5')}.{kind}{version}.{'npy' if kind == 'w' else 'faiss'}"
+
+    def write_derived(self, shard: str, version: int, whitened: np.ndarray, codes: np.ndarray | None) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(whitened, np.float16))
+        atomic_write_bytes(self.derived_path(shard, "w", version), buffer.getvalue())
+        if codes is not None:
+            atomic_write_bytes(self.derived_path(shard, "c", version), codes.tobytes())
+
+    def has_derived(self, shard: str) -> bool:
+        return self.derived_path(shard, "w").is_file()
+
+    def read_whitened(self, shard: str) -> np.ndarray:
+        """A shard's whitened regions (rows, per_image, D), mapped from the file, not read."""
+        path = self.derived_path(shard, "w")
+        try:
+            return np.load(path, mmap_mode="r")
         except FileNotFoundError as exc:
             raise self._gone_or(path, exc) from None
-        except (OSError, ValueError):
-            return None  # damaged derived data: derived again from the shards
+        except (OSError, ValueError) as exc:
+            raise SpotitError(f"index file {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
+
+    def read_codes(self, shard: str) -> bytes:
+        path = self.derived_path(shard, "c")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise self._gone_or(path, exc) from None
+
+    def live_shards(self) -> list[str]:
+        return sorted(self.placements())
+
+    def read_rows(self, shard: str, kind: str, rows=None) -> np.ndarray:
+        """The dense `kind` features of a shard's `rows` (all rows when None)."""
+        with self._read(shard) as data:
+            if kind not in data:
+                raise self._missing(kind)
+            return data[kind][()] if rows is None else data[kind][sorted(rows)]
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
@@ -319,7 +437,7 @@ class LocalReader:
             if self.kind not in data:
                 raise self.store._missing(self.kind)
             group = data[self.kind]
-            arrays = [group["offsets"][()]]
+            arrays = [group["offsets"][()], group["rows"][()] if "rows" in group else None]
             for key in ("keypoints", "descriptors"):
                 dataset = group[key]
                 offset = dataset.id.get_offset()  # None when empty or not stored contiguously
@@ -329,10 +447,11 @@ class LocalReader:
                     arrays.append(dataset[()])
         return tuple(arrays)
 
-    def __call__(self, image: str) -> LocalFeatures:
-        entry = self.store.manifest["images"][image]
+    def __call__(self, image: str, position: int | None = None) -> LocalFeatures:
+        entry = self.store.entry(image, position)
         if entry["shard"] not in self._shards:
             self._shards[entry["shard"]] = self._open(entry["shard"])
-        offsets, keypoints, descriptors = self._shards[entry["shard"]]
-        a, b = offsets[entry["row"]], offsets[entry["row"] + 1]
+        offsets, slots, keypoints, descriptors = self._shards[entry["shard"]]
+        row = entry["row"] if slots is None else slots[entry["row"]]
+        a, b = offsets[row], offsets[row + 1]
         return LocalFeatures(np.asarray(keypoints[a:b]), np.asarray(descriptors[a:b]))

@@ -2,7 +2,8 @@
 
 It extracts new and changed photos on worker threads and commits every `shard_size` photos; an
 interruption (Ctrl-C, SIGTERM) commits what is finished before it stops. Vanished photos drop out, shards
-that are mostly dead are compacted, and the whitening of region descriptors is learned again."""
+that are mostly dead are compacted, and what searches derive from the features is brought up to date
+(derived.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from tqdm import tqdm
 
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
 from .extractors import DENSE_KINDS, Extractors
+from .derived import Learned, bring_up_to_date
 from .lifecycle import kinds_of
-from .searcher import whiten_regions
 from .store import Store
 
 
@@ -42,7 +43,7 @@ class UpdateReport:
 
 def plan(store: Store, gallery) -> tuple[list[str], list[str], list[str], list[tuple[str, str]]]:
     """(new files, changed files, vanished files, skipped entries) of the gallery against the index."""
-    images = store.manifest["images"]
+    images = store.images
     found, skipped = scan_images(gallery)
     new, changed, present = [], [], set()
     for name in found:
@@ -85,6 +86,8 @@ class Updater:
         # the served methods' kinds, and those of methods being added (served once every photo has them)
         self.kinds = kinds_of(store.manifest["methods"] + store.manifest.get("pending_methods", []))
         self.done: list[tuple[str, dict, dict]] = []
+        # new shards are derived as they are written, with the learned parts in use (if regions are served)
+        self.learned = Learned.read(store) if store.learned and "regions" in kinds_of(store.manifest["methods"]) else None
 
     def _load_and_extract(self, name: str):
         path = os.path.join(self.gallery, name)
@@ -105,8 +108,9 @@ class Updater:
             column = [feats[kind] for _, _, feats in self.done]
             features[kind] = np.stack(column) if kind in DENSE_KINDS else column
         shard = self.store.write_shard([name for name, _, _ in self.done], features)
-        images = self.store.manifest["images"]
-        self.store.manifest["whitened_stale"] = True
+        if self.learned is not None:
+            self.learned.derive(self.store, shard)
+        images = self.store.images
         for row, (name, stamp, _) in enumerate(self.done):
             if name in images:
                 report.updated += 1
@@ -121,11 +125,10 @@ class Updater:
         manifest = self.store.manifest
         new, changed, gone, report.skipped = plan(self.store, self.gallery)
         for name in gone:
-            del manifest["images"][name]
+            del self.store.images[name]
         report.removed = len(gone)
-        report.unchanged = len(manifest["images"]) - len(changed)
+        report.unchanged = len(self.store.images) - len(changed)
         if gone:
-            manifest["whitened_stale"] = True  # a commit without learning it again: the next run must
             self.store.commit()
         todo = new + changed
         if todo:
@@ -152,41 +155,28 @@ class Updater:
             self._flush(report)
         manifest["skipped"] = dict(report.skipped)
         for name, _ in report.skipped:  # a changed photo that cannot be read now: its old features go too
-            if manifest["images"].pop(name, None) is not None:
+            if self.store.images.pop(name, None) is not None:
                 report.removed += 1
-                manifest["whitened_stale"] = True
         if report.processed:
             manifest["images_per_s"] = report.images_per_s
-        if manifest.get("pending_methods") and not any(e.get("stale") for e in manifest["images"].values()):
+        if manifest.get("pending_methods") and not any(e.get("stale") for e in self.store.images.values()):
             manifest["methods"] = sorted(set(manifest["methods"]) | set(manifest.pop("pending_methods")))
         if not manifest.get("pending_methods"):  # until then old shards lack the new kinds
             self._compact_if_sparse()
-        served = kinds_of(manifest["methods"])
-        if "regions" in served and (manifest.get("whitened_stale") or not manifest.get("whitened")):
-            manifest["whitened"] = self._whiten_regions()
-            manifest["whitened_stale"] = False
+        if "regions" in kinds_of(manifest["methods"]):
+            bring_up_to_date(self.store, manifest["feature_settings"]["regions"], manifest.get("vectors", "auto"),
+                             progress)
         self.store.commit()
         self.store.remove_unused()
         return report
 
-    def _whiten_regions(self) -> str:
-        """Learn PCA-whitening from the gallery's region descriptors and store them whitened; the file name."""
-        names, regions = self.store.load_dense("regions")
-        whitening, matrix = whiten_regions(regions, self.store.manifest["feature_settings"]["regions"]) \
-            if names else (None, np.zeros((0, 1), np.float32))
-        arrays = {"names": np.array(names, dtype=str), "matrix": matrix.astype(np.float16),
-                  "regions_per_image": np.array(regions.shape[1] if names else 0)}
-        if whitening:
-            arrays.update(mean=whitening.mean, projection=whitening.projection)
-        return self.store.write_arrays("regions-whitened", arrays)
-
     def _compact_if_sparse(self) -> None:
         """Rewrite shards once more than half of their rows belong to removed or re-extracted images."""
         totals = self.store.shard_rows()
-        images = self.store.manifest["images"]
+        images = self.store.images
         if not totals or sum(totals.values()) <= 2 * len(images):
             return
-        names = sorted(images)
+        names = self.store.names()
         features = {}
         for kind in self.kinds:
             if kind in DENSE_KINDS:
@@ -196,5 +186,5 @@ class Updater:
                 features[kind] = [local[n] for n in names]
         shard = self.store.write_shard(names, features)
         for row, name in enumerate(names):
-            images[name].update(shard=shard, row=row)
+            images[name] = {**images[name], "shard": shard, "row": row}
         self.store.commit()

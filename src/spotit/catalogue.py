@@ -1,0 +1,210 @@
+"""The catalogue of an index: its settings and, for every photo, its file stamp and where its features are.
+
+It lives in one SQLite database (`catalogue.db`, write-ahead log): a commit is one transaction that writes
+only the photos that changed, so indexing N photos writes O(N) bytes, and readers keep reading the state
+they started with while a writer commits (WAL readers see one committed state per transaction).
+
+Photo names are stored as the file system's bytes (surrogateescape): a name that is not valid UTF-8 must
+not stop the whole gallery. Their order, the catalogue's order, is the order of those bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SpotitError
+
+FILE = "catalogue.db"
+SIDE_FILES = (FILE + "-wal", FILE + "-shm", FILE + "-journal")  # SQLite's own, never touched by spotit
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 0), value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    name BLOB PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL, size INTEGER, mtime_ns INTEGER,
+    width INTEGER, height INTEGER, stale INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+"""
+_FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height")
+
+
+def encode(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def decode(raw: bytes) -> str:
+    return bytes(raw).decode("utf-8", "surrogateescape")
+
+
+def in_order(names) -> list[str]:
+    """`names` in the catalogue's order."""
+    return sorted(names, key=encode)
+
+
+class Images(dict):
+    """A photo name -> entry dict that remembers which names were set or removed since the last commit."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.changed: set[str] = set()
+
+    def __setitem__(self, name, entry):
+        super().__setitem__(name, entry)
+        self.changed.add(name)
+
+    def __delitem__(self, name):
+        super().__delitem__(name)
+        self.changed.add(name)
+
+    def pop(self, name, *default):
+        self.changed.add(name)
+        return super().pop(name, *default)
+
+
+@dataclass
+class Columns:
+    """Every photo of one committed state, in catalogue order, as arrays (what a search process holds)."""
+
+    names: list[str]
+    shards: list[str]  # shard file names; `shard` indexes into them
+    shard: np.ndarray
+    row: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    size: np.ndarray
+    mtime_ns: np.ndarray
+
+    def entry(self, i: int) -> dict:
+        return {"shard": self.shards[self.shard[i]], "row": int(self.row[i]), "width": int(self.width[i]),
+                "height": int(self.height[i]), "size": int(self.size[i]), "mtime_ns": int(self.mtime_ns[i])}
+
+
+class Changed(Exception):
+    """The catalogue holds a newer commit than the generation asked for."""
+
+
+class Catalogue:
+    def __init__(self, root: Path):
+        self.path = Path(root) / FILE
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise SpotitError(f"cannot open the catalogue {self.path}: {exc}") from None
+
+    def _read(self) -> sqlite3.Connection:
+        """A connection for reading; on a read-only folder (no WAL index can be made) the file as it is."""
+        try:
+            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60, isolation_level=None,
+                                         check_same_thread=False)
+            connection.execute("SELECT 1 FROM state LIMIT 1").fetchall()
+            return connection
+        except sqlite3.OperationalError:
+            return sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+
+    def create(self, state: dict) -> None:
+        """A new, empty catalogue holding `state`, replacing any photos it held (one transaction)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = self._connect()
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.executescript(_SCHEMA)
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("DELETE FROM images")
+            self._put_state(connection, state)
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpotitError(f"cannot write the catalogue {self.path}: {exc}") from None
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _put_state(connection: sqlite3.Connection, state: dict) -> None:
+        connection.execute("INSERT OR REPLACE INTO state VALUES (0, ?)", (json.dumps(state, sort_keys=True),))
+
+    def commit(self, state: dict, images: Images) -> None:
+        """Write `state` and the photos of `images` changed since the last commit, in one transaction."""
+        rows, gone = [], []
+        for name in images.changed:
+            entry = images.get(name)
+            if entry is None:
+                gone.append((encode(name),))
+            else:
+                rows.append((encode(name), *(entry.get(k) for k in _FIELDS), int(bool(entry.get("stale")))))
+        connection = self._connect()
+        try:
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany("DELETE FROM images WHERE name = ?", gone)
+            connection.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._put_state(connection, state)
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise SpotitError(f"cannot write the catalogue {self.path}: {exc}") from None
+        finally:
+            connection.close()
+        images.changed.clear()
+
+    def state(self) -> dict | None:
+        """The committed settings and counters, or None when this is no catalogue."""
+        try:
+            connection = self._read()
+            try:
+                row = connection.execute("SELECT value FROM state WHERE id = 0").fetchone()
+            finally:
+                connection.close()
+            return json.loads(row[0]) if row else None
+        except (sqlite3.Error, ValueError):
+            return None
+
+    def _snapshot_query(self, generation: int, query: str):
+        """The rows of `query` in the commit `generation` (raises Changed when a newer one was made)."""
+        connection = self._read()
+        try:
+            connection.execute("BEGIN")  # one read transaction: state and rows of the same commit
+            row = connection.execute("SELECT value FROM state WHERE id = 0").fetchone()
+            if row is None or json.loads(row[0]).get("generation") != generation:
+                raise Changed
+            rows = connection.execute(query).fetchall()
+            connection.execute("COMMIT")
+            return rows
+        except sqlite3.Error as exc:
+            raise SpotitError(f"cannot read the catalogue {self.path}: {exc}") from None
+        finally:
+            connection.close()
+
+    def images(self, generation: int) -> Images:
+        """Every photo's entry in the commit `generation` (what a writer works on)."""
+        rows = self._snapshot_query(generation, "SELECT * FROM images ORDER BY name")
+        images = Images()
+        for name, *values, stale in rows:
+            entry = dict(zip(_FIELDS, values))
+            if stale:
+                entry["stale"] = True
+            dict.__setitem__(images, decode(name), entry)
+        return images
+
+    def columns(self, generation: int) -> Columns:
+        """Every photo of the commit `generation` as arrays (what a search process holds)."""
+        rows = self._snapshot_query(
+            generation, "SELECT name, shard, row, width, height, size, mtime_ns FROM images ORDER BY name")
+        shards: dict[str, int] = {}
+        numbers = np.array([(shards.setdefault(r[1], len(shards)), r[2], r[3] or 0, r[4] or 0, r[5] or 0, r[6] or 0)
+                            for r in rows], np.int64).reshape(-1, 6)
+        return Columns([decode(r[0]) for r in rows], list(shards), numbers[:, 0].astype(np.int32),
+                       numbers[:, 1].astype(np.int32), numbers[:, 2].astype(np.int32), numbers[:, 3].astype(np.int32),
+                       numbers[:, 4], numbers[:, 5])
+
+    def generation(self) -> int | None:
+        state = self.state()
+        return None if state is None else state.get("generation")

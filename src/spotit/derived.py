@@ -1,0 +1,120 @@
+"""What an index derives from its features for searching: the learned parts (the regions' PCA-whitening, the
+trained vector index) and, per shard, its regions whitened and encoded with them.
+
+Learning reads a sample of the gallery, so it is done again only when the gallery has doubled or halved
+since (or the vector index kind changes); in between, each new shard is whitened and encoded on its own,
+so an update costs time in proportion to the photos it adds. New learned parts are written under a new
+version, every shard is derived again with them, and one commit switches to them."""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from . import vectors
+from .store import Store
+from .whitening import MAX_SAMPLES, Whitening
+
+GROWTH = 2.0  # learn again when the gallery has grown or shrunk by this factor since the last learning
+
+
+class Learned:
+    """The learned parts in use: whitening (None: too few photos to learn one) and the trained vector index."""
+
+    def __init__(self, version: int, whitening: Whitening | None, trained, per_image: int):
+        self.version, self.whitening, self.trained, self.per_image = version, whitening, trained, per_image
+
+    @classmethod
+    def read(cls, store: Store) -> "Learned":
+        arrays, index_bytes = store.read_learned()
+        whitening = Whitening(arrays["mean"], arrays["projection"]) if "mean" in arrays else None
+        trained = None
+        if index_bytes is not None:
+            import faiss
+
+            trained = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+        return cls(store.learned["version"], whitening, trained, int(arrays["per_image"]))
+
+    def whiten_flat(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = vectors.astype(np.float32)
+        return self.whitening(vectors) if self.whitening is not None else vectors
+
+    def whiten(self, regions: np.ndarray) -> np.ndarray:
+        """(rows, per_image, C) raw regions -> (rows, per_image, D) whitened, as float32."""
+        return self.whiten_flat(regions.reshape(-1, regions.shape[-1])).reshape(len(regions), regions.shape[1], -1)
+
+    def derive(self, store: Store, shard: str) -> None:
+        """Write a shard's whitened regions (and their codes) for these learned parts."""
+        whitened = self.whiten(store.read_rows(shard, "regions"))
+        codes = None
+        if self.trained is not None:
+            number = int(shard.removesuffix(".h5"))
+            vids = [vectors.photo_vid(number, row) for row in range(len(whitened))]
+            codes = vectors.encode(self.trained, whitened.reshape(-1, whitened.shape[-1]),
+                                   vectors.region_ids(np.array(vids, np.int64), whitened.shape[1]))
+        store.write_derived(shard, self.version, whitened, codes)
+
+
+def due(store: Store, choice: str) -> bool:
+    learned, photos = store.learned, len(store.images)
+    if not photos:
+        return False
+    if learned is None or learned["vectors"] != vectors.resolve(choice, photos):
+        return True
+    return photos >= GROWTH * learned["photos"] or photos * GROWTH <= learned["photos"]
+
+
+def sample_regions(store: Store, limit: int = MAX_SAMPLES, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Raw regions of randomly chosen photos, about `limit` in all, as (n, C); and the regions per photo."""
+    rng = np.random.default_rng(seed)
+    members = store.placements()
+    first = store.read_rows(next(iter(members)), "regions", [members[next(iter(members))][0][1]])
+    per_image = first.shape[1]
+    photos = [(shard, row) for shard, rows in members.items() for _, row in rows]
+    chosen = rng.choice(len(photos), min(len(photos), max(1, limit // per_image)), replace=False)
+    by_shard: dict[str, list[int]] = {}
+    for i in chosen:
+        by_shard.setdefault(photos[i][0], []).append(photos[i][1])
+    blocks = [store.read_rows(shard, "regions", sorted(set(rows))) for shard, rows in sorted(by_shard.items())]
+    return np.concatenate(blocks).reshape(-1, first.shape[-1]), per_image
+
+
+def learn(store: Store, conf: dict, choice: str) -> Learned:
+    """Learn new parts from a sample of the gallery and write them (not yet committed)."""
+    sample, per_image = sample_regions(store)
+    version = store.next_learned_version()
+    whitening = Whitening.fit(sample.astype(np.float32), conf["whiten"], conf["whiten_power"])
+    kind = vectors.resolve(choice, len(store.images))
+    trained = None
+    if kind == "ivfpq":
+        import faiss
+
+        whitened = whitening(sample) if whitening is not None else sample.astype(np.float32)
+        trained = vectors.train(whitened[: vectors.confs["ivfpq"]["train"]], len(store.images) * per_image,
+                                vectors.confs["ivfpq"])
+        index_bytes = faiss.serialize_index(trained)
+    else:
+        index_bytes = None
+    arrays = {"per_image": np.array(per_image)}
+    if whitening is not None:
+        arrays.update(mean=whitening.mean, projection=whitening.projection)
+    store.write_learned(version, arrays, index_bytes)
+    store.manifest["learned"] = {"version": version, "photos": len(store.images), "vectors": kind}
+    return Learned(version, whitening, trained, per_image)
+
+
+def bring_up_to_date(store: Store, conf: dict, choice: str, progress: bool = False) -> bool:
+    """Learn again if due, and derive every live shard that lacks its derived files; whether anything changed
+    (the caller commits)."""
+    if not store.images:
+        return False
+    if due(store, choice):
+        learned, todo = learn(store, conf, choice), store.live_shards()
+    else:
+        todo = [shard for shard in store.live_shards() if not store.has_derived(shard)]
+        if not todo:
+            return False
+        learned = Learned.read(store)
+    for shard in tqdm(todo, desc="deriving", unit="shard", disable=not progress or len(todo) < 8):
+        learned.derive(store, shard)
+    return True

@@ -1,0 +1,272 @@
+"""`spotit bench scale DATASET --images N`: a benchmark set's real queries against its gallery plus simulated
+distractors, up to N photos in the index.
+
+Extracting a million real photos takes days here, so the distractors are simulated from the set's own
+features, and say so in their names (`~distractors/NNNNNNN.jpg`, no file behind them):
+- each grid cell's region descriptor of a distractor is that cell of a random real photo, plus Gaussian
+  noise scaled by the real descriptors' spread in each dimension, kept non-negative (as GeM outputs are)
+  and L2-normalised. The noise level is calibrated per set (`calibrate_noise`): a distractor's region is
+  then as near its nearest real region as a real photo's region is to the nearest region of another real
+  photo. Less noise would make near copies of the few hundred real photos, repeated thousands of times;
+- its local features (for verification) are the real descriptors of one of 64 random real photos, at one
+  another's positions (shuffled): verification sees real descriptor statistics but no real object's
+  geometry. They are stored once per shard and shared by reference, so that a million fit on the disk.
+The set's gallery is indexed as `spotit eval` does (cached), its shards are linked into the scale index,
+the distractors are added in shards of `CHUNK`, and the learned parts are learned again for N photos.
+The queries then run in a fresh process, which measures its own memory and time to first answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import backbones, rerank
+from .datasets import load_dataset
+from .derived import Learned, bring_up_to_date
+from .errors import SpotitError
+from .evaluate import eval_index, run_queries
+from .images import load_image
+from .index import Index
+from .lifecycle import kinds_of
+from .local_features import LocalFeatures
+from .lock import WriterLock
+from .store import Store, check_index_folder
+
+DISTRACTORS = "~distractors"
+CHUNK = 4096
+LOCAL_POOL = 64
+METHODS = ["hybrid"]  # the features distractors get: regions and verification's local features
+SETTINGS = ("gallery", "backbone", "weights", "confs", "feature_settings", "weights_sha256")
+
+
+def is_distractor(photo_id: str) -> bool:
+    return photo_id.startswith(DISTRACTORS + "/")
+
+
+def recombine(real: np.ndarray, count: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """`count` synthetic (regions, C) descriptors from (photos, regions, C) `real` ones: each cell taken from a
+    random real photo, plus Gaussian noise of `noise` times the real spread per dimension."""
+    real = real.astype(np.float32)
+    picks = rng.integers(0, len(real), (count, real.shape[1]))
+    mixed = real[picks, np.arange(real.shape[1])[None, :]]
+    mixed += noise * real.std(axis=0) * rng.standard_normal(mixed.shape, np.float32)
+    mixed = np.maximum(mixed, 0)
+    return (mixed / np.maximum(np.linalg.norm(mixed, axis=-1, keepdims=True), 1e-12)).astype(np.float16)
+
+
+def calibrate_noise(real: np.ndarray, whiten, rng: np.random.Generator, probes: int = 500) -> float:
+    """The noise at which a distractor's region is as near its nearest real region (median, whitened) as a real
+    photo's region is to the nearest region of another real photo."""
+    photos, regions = real.shape[:2]
+    flat = whiten(real.reshape(-1, real.shape[-1]))
+    owner = np.repeat(np.arange(photos), regions)
+    reference = rng.choice(len(flat), min(len(flat), 20_000), replace=False)
+    probe = rng.choice(len(flat), min(len(flat), probes), replace=False)
+    sims = flat[probe] @ flat[reference].T
+    sims[owner[probe][:, None] == owner[reference][None, :]] = -1
+    target = np.median(sims.max(axis=1))
+    low, high = 0.0, 8.0
+    for _ in range(10):
+        noise = (low + high) / 2
+        made = whiten(recombine(real, max(1, probes // regions), noise, rng).reshape(-1, real.shape[-1]).astype(np.float32))
+        if np.median((made @ flat[reference].T).max(axis=1)) > target:
+            low = noise
+        else:
+            high = noise
+    return (low + high) / 2
+
+
+def shuffled(features: LocalFeatures, rng: np.random.Generator) -> LocalFeatures:
+    """Real descriptors at one another's positions: no geometry of a real object survives."""
+    keypoints = features.keypoints.copy()
+    keypoints[:, :2] = keypoints[rng.permutation(len(keypoints)), :2]
+    return LocalFeatures(keypoints, features.descriptors)
+
+
+def add_distractors(store: Store, base: Store, count: int, seed: int = 0, progress: bool = True) -> float:
+    """Add `count` simulated photos to `store` (a writer's state), made from `base`'s features; commits per
+    chunk. Returns the noise level used."""
+    rng = np.random.default_rng(seed)
+    real = base.load_dense("regions")[1]
+    noise = calibrate_noise(real, Learned.read(base).whiten_flat, rng)
+    names = base.names()
+    donors = rng.choice(len(names), min(LOCAL_POOL, len(names)), replace=False)
+    pool = {kind: [shuffled(base.local_reader(kind)(names[i]), rng) for i in donors]
+            for kind in kinds_of(METHODS) if kind != "regions"}
+    sizes = [(base.images[names[i]]["width"], base.images[names[i]]["height"]) for i in donors]
+    bar = tqdm(total=count, desc="distractors", unit="photo", disable=not progress, dynamic_ncols=True)
+    made = 0
+    while made < count:
+        n = min(CHUNK, count - made)
+        picks = rng.integers(0, len(donors), n)
+        features = {"regions": recombine(real, n, noise, rng), **{kind: [local[j] for j in picks] for kind, local in pool.items()}}
+        chunk = [f"{DISTRACTORS}/{made + i:07d}.jpg" for i in range(n)]
+        shard = store.write_shard(chunk, features)
+        for row, (name, j) in enumerate(zip(chunk, picks)):
+            store.images[name] = {"shard": shard, "row": row, "size": 0, "mtime_ns": 0,
+                                  "width": sizes[j][0], "height": sizes[j][1]}
+        store.commit()
+        made += n
+        bar.update(n)
+    bar.close()
+    return noise
+
+
+def scale_index_dir(dataset, images: int, vectors: str) -> Path:
+    key = hashlib.sha256(str(dataset.root.resolve()).encode()).hexdigest()[:10]
+    return backbones.cache_dir() / "scale" / f"{dataset.name}-{key}-{images}-{vectors}"
+
+
+def build(root, images: int, index_dir=None, vectors: str = "auto", seed: int = 0, progress: bool = True) -> Path:
+    """The scale index of the set at `root` holding `images` photos (made once, then reused)."""
+    dataset = load_dataset(root)
+    base = eval_index(dataset, "hybrid", backbones.DEFAULT_BACKBONE)
+    base.update(progress=progress)
+    base_store = base.store.reload()
+    if images <= len(base_store.images):
+        raise SpotitError(f"--images {images} must exceed the {len(base_store.images)} photos of {dataset.name}'s gallery")
+    path = Path(index_dir or scale_index_dir(dataset, images, vectors)).absolute()
+    made = {"base": str(base_store.root), "base_generation": base_store.manifest["generation"], "images": images,
+            "seed": seed}
+    if Store.exists(path):
+        try:
+            if Store.open(path).manifest.get("scale") == made:
+                return path
+        except SpotitError:
+            pass
+    check_index_folder(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with WriterLock(path).acquire():
+        previous = Store(path, Store.open(path).manifest, {}) if Store.exists(path) else None
+        settings = {**{key: base_store.manifest.get(key) for key in SETTINGS}, "methods": METHODS}
+        store = Store.create(path, {**settings, "vectors": vectors}, previous=previous)
+        store.remove_unused()
+        store.manifest["next_shard"] = max(store.manifest["next_shard"], base_store.manifest["next_shard"])
+        store.shard_dir.mkdir(parents=True, exist_ok=True)
+        for shard in base_store.live_shards():  # shards are immutable: linked, not copied, where the disk allows
+            target = store.shard_dir / shard
+            try:
+                os.link(base_store.shard_dir / shard, target)
+            except OSError:
+                shutil.copy2(base_store.shard_dir / shard, target)
+        for name, entry in base_store.images.items():
+            store.images[name] = dict(entry)
+        store.commit()
+        noise = add_distractors(store, base_store, images - len(base_store.images), seed, progress)
+        bring_up_to_date(store, store.manifest["feature_settings"]["regions"], vectors, progress)
+        store.manifest["scale"] = made
+        store.manifest["scale_noise"] = noise
+        store.commit()
+        store.remove_unused()
+    return path
+
+
+def shortlist_recall(index: Index, dataset, queries, k: int = 100) -> float:
+    """Share of the exact search's top-k photos (best region similarity) that the index's vector search also
+    ranks in its top k, over `queries`' upright views."""
+    snap = index.snapshot()
+    approximate, whitening = snap.regions()
+    exact = snap.exact_regions(approximate.per_image)
+    extract = index.features.get("regions")
+    conf = rerank.confs[index.search_conf]
+    found = []
+    for query in queries:
+        image = load_image(query.path)
+        crops = [image[y : y + h, x : x + w] for x, y, w, h in query.boxes] or [image]
+        for crop in crops:
+            vectors = extract.query(crop, max(image.shape[:2]), rerank.query_views(conf, bool(query.boxes)))
+            if whitening is not None:
+                vectors = whitening(vectors)
+            truth = set(np.argsort(-exact.scores(vectors).max(axis=0))[:k].tolist())
+            approx = set(np.argsort(-approximate.scores(vectors).max(axis=0))[:k].tolist())
+            found.append(len(truth & approx) / k)
+    return float(np.mean(found))
+
+
+def measure(root, index_dir, method: str = "hybrid", max_queries: int | None = None, top: int = 1000,
+            recall: bool = False, progress: bool = True) -> dict:
+    """Run the set's queries against the scale index in this process: quality, latency, memory, open time."""
+    dataset = load_dataset(root)
+    started = time.perf_counter()
+    index = Index.open(index_dir)
+    first = dataset.queries[0]
+    index.search(first.path, first.boxes, method=method, top=10)
+    open_s = time.perf_counter() - started
+    result = run_queries(dataset, index, method, max_queries, progress, top=top, keep=is_distractor)
+    seconds = result.pop("query_seconds")
+    result.update(images=len(index), open_to_first_answer_s=open_s, top=top,
+                  vectors=index.manifest["learned"]["vectors"],
+                  query_s_max=float(np.max(seconds)),
+                  peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  index_bytes_per_image=index.store.size_bytes() / len(index))
+    if recall:
+        from .evaluate import sample_queries
+
+        result["shortlist_recall@100"] = shortlist_recall(index, dataset, sample_queries(dataset.queries, max_queries))
+    return result
+
+
+def scale(root, images: int, index_dir=None, vectors: str = "auto", method: str = "hybrid",
+          max_queries: int | None = None, top: int = 1000, recall: bool = False, progress: bool = True) -> dict:
+    """`spotit bench scale`: build (or reuse) the scale index, then measure it in a fresh process."""
+    started = time.perf_counter()
+    path = build(root, images, index_dir, vectors, progress=progress)
+    build_s = time.perf_counter() - started
+    command = [sys.executable, "-m", "spotit.scale", str(root), str(path), "--method", method, "--top", str(top)]
+    command += (["--max-queries", str(max_queries)] if max_queries else []) + (["--recall"] if recall else [])
+    command += [] if progress else ["--quiet"]
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        raise SpotitError(f"the measuring process failed (exit {child.returncode}); run `{' '.join(command)}` to see why")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result.update(index=str(path), build_s=build_s)
+    return result
+
+
+def format_scale(result: dict) -> str:
+    lines = [f"{result['dataset']} + distractors: {result['images']:,} photos ({result['method']}, vectors "
+             f"{result['vectors']}, {result['queries']} queries, ranked to {result['top']})",
+             f"  mAP {result['map']:.4f}  P@10 {result['p@10']:.4f}" + (f"  N-S {result['ns']:.3f}" if result["ns"] else ""),
+             f"  query {result['query_s_median'] * 1000:.0f} ms median, {result['query_s_p95'] * 1000:.0f} ms p95; "
+             f"open to first answer {result['open_to_first_answer_s']:.1f} s; peak memory "
+             f"{result['peak_rss_bytes'] / 2**30:.2f} GiB; {result['index_bytes_per_image'] / 1024:.1f} KiB per photo"]
+    if "shortlist_recall@100" in result:
+        lines.append(f"  vector shortlist recall@100 against exact search: {result['shortlist_recall@100']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """`python -m spotit.scale DATASET INDEX`: the measuring half of `spotit bench scale`, printing JSON."""
+    parser = argparse.ArgumentParser(prog="python -m spotit.scale")
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--method", default="hybrid")
+    parser.add_argument("--max-queries", type=int)
+    parser.add_argument("--top", type=int, default=1000)
+    parser.add_argument("--recall", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        result = measure(args.dataset, args.index, args.method, args.max_queries, args.top, args.recall,
+                         progress=not args.quiet)
+    except SpotitError as exc:
+        print(f"spotit: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

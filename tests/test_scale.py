@@ -1,0 +1,164 @@
+"""The index at scale: incremental catalogue commits, learned parts kept until the gallery doubles, the
+approximate vector shortlist, and results that do not depend on the order photos came and went in."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from spotit import Index
+from spotit.catalogue import Catalogue
+from spotit.errors import SpotitError
+from spotit.vectors import ApproximateRegions, ExactRegions, ID_STRIDE, encode, region_ids, train
+
+
+def search(index: Index, demo) -> list[tuple[str, float]]:
+    return [(hit.id, round(hit.score, 4)) for hit in index.search(demo["query"], [demo["box"]], top=None)]
+
+
+def subset(demo, folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(demo["gallery"] / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def photo_names(demo):
+    return sorted(p.name for p in demo["gallery"].iterdir())
+
+
+def test_each_commit_writes_only_the_photos_it_changed(gallery_copy, tmp_path, monkeypatch, demo):
+    written = []
+    real_commit = Catalogue.commit
+
+    def counting(self, state, images):
+        written.append(len(images.changed))
+        return real_commit(self, state, images)
+
+    monkeypatch.setattr(Catalogue, "commit", counting)
+    index = Index.create(tmp_path / "idx", gallery_copy, ["cnn"])
+    index.update(progress=False, shard_size=8)
+    assert max(written) == 8 and sum(written) == 20
+    written.clear()
+    shutil.copy(demo["query"], gallery_copy / "new.jpg")
+    index.update(progress=False, shard_size=8)
+    assert sum(written) == 1  # one new photo: one row written, not the catalogue again
+
+
+def test_the_approximate_shortlist_agrees_with_exact_search_on_a_small_gallery(demo, tmp_path):
+    exact = Index.create(tmp_path / "exact", demo["gallery"], ["hybrid"], vectors="exact")
+    exact.update(progress=False)
+    approximate = Index.create(tmp_path / "ivfpq", demo["gallery"], ["hybrid"], vectors="ivfpq")
+    approximate.update(progress=False)
+    assert approximate.manifest["learned"]["vectors"] == "ivfpq"
+    assert list((tmp_path / "ivfpq" / "shards").glob("*.c*.faiss"))
+    assert not list((tmp_path / "exact" / "shards").glob("*.c*.faiss"))
+    found, truth = search(approximate, demo), search(exact, demo)
+    assert [i for i, _ in found[:10]] == [i for i, _ in truth[:10]]
+    assert np.allclose([s for _, s in found[:10]], [s for _, s in truth[:10]], atol=1e-3)
+
+
+def test_learned_parts_are_kept_until_the_gallery_doubles(demo, photo_names, tmp_path):
+    gallery = subset(demo, tmp_path / "gallery", photo_names[:8])
+    index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
+    index.update(progress=False)
+    first = index.manifest["learned"]
+    subset(demo, gallery, photo_names[8:12])
+    index.update(progress=False, shard_size=256)
+    assert index.manifest["learned"] == first  # 12 photos: not learned again, the new shard derived alone
+    assert len(list((tmp_path / "idx" / "shards").glob(f"*.w{first['version']}.npy"))) == 2
+    subset(demo, gallery, photo_names[12:16])
+    index.update(progress=False)
+    second = index.manifest["learned"]
+    assert second["version"] > first["version"] and second["photos"] == 16
+    assert not list((tmp_path / "idx").rglob(f"*{first['version']}.n*"))  # the old version's files are gone
+
+
+def test_adding_then_removing_photos_leaves_the_same_results(demo, photo_names, tmp_path):
+    gallery = subset(demo, tmp_path / "gallery", photo_names[:12])
+    index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
+    index.update(progress=False)
+    before = search(index, demo)
+    subset(demo, gallery, photo_names[12:16])
+    index.update(progress=False)
+    assert len(search(index, demo)) == 16
+    for name in photo_names[12:16]:
+        (gallery / name).unlink()
+    index.update(progress=False)
+    assert search(index, demo) == before
+
+
+def test_an_unknown_vector_index_is_refused(demo, tmp_path):
+    with pytest.raises(SpotitError, match="unknown --vectors 'hnsw'.*auto, exact, ivfpq"):
+        Index.create(tmp_path / "idx", demo["gallery"], ["hybrid"], vectors="hnsw")
+
+
+def test_approximate_regions_find_what_exact_search_finds():
+    rng = np.random.default_rng(0)
+    photos, per_image, dims = 400, 4, 64
+    regions = rng.normal(size=(photos, per_image, dims)).astype(np.float32)
+    regions /= np.linalg.norm(regions, axis=2, keepdims=True)
+    trained = train(regions.reshape(-1, dims), photos * per_image, {"lists": 16, "m": 16})
+    vids = np.arange(photos) * 3 + 1  # ids need not be positions
+    import faiss
+
+    index = faiss.deserialize_index(encode(trained, regions.reshape(-1, dims), region_ids(vids, per_image)))
+    lookup = {int(v): i for i, v in enumerate(vids)}
+    conf = {"probe": 16, "neighbours": 64, "rescore": 50}
+    approximate = ApproximateRegions(index, per_image, photos, lambda w: np.array([lookup.get(int(v), -1) for v in w]),
+                                     lambda i: regions[i], conf)
+    exact = ExactRegions(regions, per_image)
+    queries = regions[rng.choice(photos, 5, replace=False), 0] + 0.05 * rng.normal(size=(5, dims)).astype(np.float32)
+    found, truth = approximate.scores(queries), exact.scores(queries)
+    best = truth.argmax(axis=1)
+    assert (found.argmax(axis=1) == best).all()  # each query's photo is found, and re-scored exactly
+    assert np.allclose(found[np.arange(5), best], truth[np.arange(5), best], atol=1e-5)
+    candidates = found > -1
+    assert np.allclose(found[candidates], truth[candidates], atol=1e-5) and (~candidates).sum() > 0
+    assert ID_STRIDE >= per_image
+
+
+def test_photos_listed_with_one_shared_local_feature_set_store_it_once(tmp_path):
+    from spotit.local_features import LocalFeatures
+    from spotit.store import Store
+
+    rng = np.random.default_rng(1)
+    shared = LocalFeatures(rng.random((30, 4), np.float32), rng.integers(0, 256, (30, 128)).astype(np.uint8))
+    own = LocalFeatures(rng.random((5, 4), np.float32), rng.integers(0, 256, (5, 128)).astype(np.uint8))
+    store = Store.create(tmp_path / "index", {})
+    names = ["a", "b", "c", "d"]
+    shard = store.write_shard(names, {"verify": [shared, own, shared, shared]})
+    for row, name in enumerate(names):
+        store.images[name] = {"shard": shard, "row": row}
+    reader = store.local_reader("verify")
+    for name, features in zip(names, [shared, own, shared, shared]):
+        assert np.array_equal(reader(name).descriptors, features.descriptors)
+    assert np.array_equal(store.load_local("verify")["d"].keypoints, shared.keypoints)
+    import h5py
+
+    with h5py.File(store.shard_dir / shard) as data:
+        assert len(data["verify/descriptors"]) == 35  # the shared set once
+
+
+@pytest.mark.slow
+def test_bench_scale_adds_distractors_and_measures_the_real_queries(demo, tmp_path, capsys, monkeypatch):
+    import json
+
+    from spotit.cli import main
+
+    root = tmp_path / "set"
+    shutil.copytree(demo["gallery"], root / "images")
+    # the demo's cups are one object seen three times; every other photo is its own
+    (root / "groundtruth.json").write_text(json.dumps({f"{c}.jpg": [f"{o}.jpg" for o in demo["relevant"] if o != c]
+                                                       for c in demo["relevant"]}))
+    monkeypatch.setenv("SPOTIT_CACHE", str(tmp_path / "cache"))
+    assert main(["bench", "scale", str(root), "--images", "300", "--vectors", "ivfpq", "--recall", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 300 and result["vectors"] == "ivfpq" and result["queries"] == 3
+    assert 0 < result["map"] <= 1 and 0 < result["shortlist_recall@100"] <= 1
+    assert result["peak_rss_bytes"] > 0 and result["open_to_first_answer_s"] > 0
+    index = Index.open(result["index"])
+    assert sum(name.startswith("~distractors/") for name in index.snapshot().names) == 280
+    assert main(["bench", "scale", str(root), "--images", "20", "--quiet"]) == 2
+    assert "must exceed the 20 photos" in capsys.readouterr().err
