@@ -133,6 +133,31 @@ def write_markdown(results: dict) -> None:
                              f"{fmt(1000 / rate if rate else None, 0)} | {r['index_bytes_per_image'] / 1024:.0f} |")
                 previous = r["map"]
             lines.append("")
+    scale = HERE / "scale.json"
+    if scale.is_file():
+        lines += ["", "## At scale: real queries among simulated distractors", "",
+                  "`python benchmarks/scale.py` (`spotit bench scale SET --images N`): the set's gallery plus distractors",
+                  "made from its own features (`python -m pydoc spotit.scale`) up to N photos; queries ranked to 1,000.",
+                  "Latency, memory and time to the first answer are measured in a fresh search process, on the machine",
+                  "above; recall@100 is the approximate vector shortlist's against exact search over the same regions.", "",
+                  "| set | photos | vectors | queries | mAP | N-S | query median s | query p95 s | peak memory GiB | "
+                  "open to first answer s | KiB/photo | shortlist recall@100 | build s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in json.loads(scale.read_text()).values():
+            lines.append(f"| {r['dataset']} | {r['images']:,} | {r['vectors']} | {r['queries']} | {fmt(r['map'])} | "
+                         f"{fmt(r['ns'])} | {fmt(r['query_s_median'])} | {fmt(r['query_s_p95'])} | "
+                         f"{r['peak_rss_bytes'] / 2**30:.2f} | {fmt(r['open_to_first_answer_s'], 1)} | "
+                         f"{r['index_bytes_per_image'] / 1024:.1f} | {fmt(r.get('shortlist_recall@100'))} | "
+                         f"{fmt(r.get('build_s'), 0)} |")
+    compression = HERE / "compression.json"
+    if compression.is_file():
+        lines += ["", "## Size and quality of the verification features", "",
+                  "`python benchmarks/compression.py`: the keypoints a gallery photo keeps (largest first) and the bits of",
+                  "each descriptor value, simulated on the hybrid indexes above; KiB per photo counts these features only.", "",
+                  "| set | keypoints kept (mean) | descriptor bits | KiB per photo | mAP | N-S |", "|---|---|---|---|---|---|"]
+        for r in json.loads(compression.read_text()):
+            lines.append(f"| {r['set']} | {r['keypoints']} ({r['mean_keypoints']:.0f}) | {r['bits']} | "
+                         f"{r['kib_per_photo']:.1f} | {r['map']:.4f} | {fmt(r['ns'])} |")
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

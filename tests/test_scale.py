@@ -162,3 +162,24 @@ def test_bench_scale_adds_distractors_and_measures_the_real_queries(demo, tmp_pa
     assert sum(name.startswith("~distractors/") for name in index.snapshot().names) == 280
     assert main(["bench", "scale", str(root), "--images", "20", "--quiet"]) == 2
     assert "must exceed the 20 photos" in capsys.readouterr().err
+
+
+def test_removing_photos_rewrites_only_the_shards_they_emptied(demo, photo_names, tmp_path):
+    gallery = subset(demo, tmp_path / "gallery", photo_names[:16])
+    index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
+    index.update(progress=False, shard_size=8)
+    before = {h.id: round(h.score, 5) for h in index.search(demo["query"], [demo["box"]], method="regional", top=None)}
+    shards = {name: entry["shard"] for name, entry in index.store.reload().images.items()}
+    first, second = sorted(set(shards.values()))
+    in_first = sorted(name for name, shard in shards.items() if shard == first)
+    for name in in_first[:5]:
+        (gallery / name).unlink()
+    report = index.update(progress=False, shard_size=8)
+    assert report.removed == 5
+    after = {name: entry["shard"] for name, entry in index.store.reload().images.items()}
+    assert all(after[name] == second for name, shard in shards.items() if shard == second)  # untouched
+    assert {after[name] for name in in_first[5:]} - {first, second}  # the three left moved to a new shard
+    assert not (tmp_path / "idx" / "shards" / first).exists()
+    # the moved photos' features, and the learned parts, are what they were: each photo scores the same
+    after = {h.id: round(h.score, 5) for h in index.search(demo["query"], [demo["box"]], method="regional", top=None)}
+    assert after == {i: score for i, score in before.items() if i in after} and len(after) == 11

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import vectors
+from .global_features import region_values
 from .store import Store
 from .whitening import MAX_SAMPLES, Whitening
 
@@ -41,7 +42,8 @@ class Learned:
 
     def whiten(self, regions: np.ndarray) -> np.ndarray:
         """(rows, per_image, C) raw regions -> (rows, per_image, D) whitened, as float32."""
-        return self.whiten_flat(regions.reshape(-1, regions.shape[-1])).reshape(len(regions), regions.shape[1], -1)
+        flat = region_values(regions.reshape(-1, regions.shape[-1]))
+        return self.whiten_flat(flat).reshape(len(regions), regions.shape[1], -1)
 
     def derive(self, store: Store, shard: str) -> None:
         """Write a shard's whitened regions (and their codes) for these learned parts."""
@@ -76,7 +78,7 @@ def sample_regions(store: Store, limit: int = MAX_SAMPLES, seed: int = 0) -> tup
     for i in chosen:
         by_shard.setdefault(photos[i][0], []).append(photos[i][1])
     blocks = [store.read_rows(shard, "regions", sorted(set(rows))) for shard, rows in sorted(by_shard.items())]
-    return np.concatenate(blocks).reshape(-1, first.shape[-1]), per_image
+    return region_values(np.concatenate(blocks).reshape(-1, first.shape[-1])), per_image
 
 
 def learn(store: Store, conf: dict, choice: str) -> Learned:

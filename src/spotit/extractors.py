@@ -60,7 +60,7 @@ class Extractors:
         out = {}
         for kind in kinds:
             extractor = self.get(kind)
-            out[kind] = extractor.gallery(image) if kind == "regions" else extractor(image)
+            out[kind] = extractor(image) if kind == "global" else extractor.gallery(image)
         return out
 
     @contextlib.contextmanager

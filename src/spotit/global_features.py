@@ -60,13 +60,30 @@ class GlobalExtractor:
 # searcher's choice: rerank.confs.
 # Whitening keeps 512 PCA directions and scales each by eigenvalue^-power: 0.25 is a gentle whitening
 # that helped both whole-image and boxed queries, where full whitening (0.5) hurt whole-image ones.
+# A gallery photo's region descriptors are stored in `stored_bits` a value (store_regions).
 regional_confs = {
-    "gem-regions": {"max_side": 672, "min_query_side": 64, "p": 3.0, "levels": 3, "whiten": 512, "whiten_power": 0.25},
+    "gem-regions": {"max_side": 672, "min_query_side": 64, "p": 3.0, "levels": 3, "whiten": 512, "whiten_power": 0.25,
+                    "stored_bits": 8},
     # steps of the ablation in benchmarks/ablation.py
     "gem-224": {"max_side": 224, "min_query_side": 64, "p": 3.0, "levels": 1, "whiten": 0, "whiten_power": 0.25},
     "gem-672": {"max_side": 672, "min_query_side": 64, "p": 3.0, "levels": 1, "whiten": 0, "whiten_power": 0.25},
     "gem-672-regions": {"max_side": 672, "min_query_side": 64, "p": 3.0, "levels": 3, "whiten": 0, "whiten_power": 0.25},
 }
+
+
+def store_regions(regions: np.ndarray, bits: int) -> np.ndarray:
+    """Region descriptors (non-negative, L2-normalised) as stored: with `bits` 8 the square root of each value
+    in 255 steps (uint8: fine steps where most values are, near zero), else float16."""
+    if bits == 8:
+        return np.round(np.sqrt(np.clip(regions, 0, 1)) * 255).astype(np.uint8)
+    return regions.astype(np.float16)
+
+
+def region_values(stored: np.ndarray) -> np.ndarray:
+    """Stored region descriptors back as float32 values."""
+    if stored.dtype == np.uint8:
+        return np.square(stored.astype(np.float32) / 255)
+    return stored.astype(np.float32)
 
 
 def round32(value: float) -> int:
@@ -120,7 +137,7 @@ class RegionalExtractor:
 
     def gallery(self, image: np.ndarray) -> np.ndarray:
         fmap = self.backbone(resize_for_network(image, self.conf["max_side"])[None])[0]
-        return l2_normalise(pool_regions(fmap, self.grid, self.conf["p"])).astype(np.float16)
+        return store_regions(l2_normalise(pool_regions(fmap, self.grid, self.conf["p"])), self.conf.get("stored_bits", 16))
 
     def query(self, image: np.ndarray, photo_side: int | None = None,
               views: tuple[tuple[float, int], ...] = ((1.0, 0),)) -> np.ndarray:

@@ -15,9 +15,11 @@ from .images import resize_max_side
 # "verify" keeps the strongest 1000 keypoints of a photo at most 512 px: enough for a geometric fit,
 # and cheap enough to match a 100-image shortlist per query. OpenCV doubles the image before its first
 # octave, so SIFT time grows fast with size: 800 px took twice as long for +0.02 mAP on boxed queries.
+# A gallery photo's are stored compact (`compact`): the `stored_keypoints` largest, descriptors in
+# `stored_bits` a value; a query's are used whole (benchmarks/compression.py measures the trade).
 confs = {
-    "seed": {"max_side": 1024, "nfeatures": 0},
-    "verify": {"max_side": 512, "nfeatures": 1000},
+    "seed": {"max_side": 1024, "nfeatures": 0, "stored_keypoints": None, "stored_bits": 8},
+    "verify": {"max_side": 512, "nfeatures": 1000, "stored_keypoints": None, "stored_bits": 4},
 }
 
 
@@ -32,6 +34,31 @@ class LocalFeatures:
         return len(self.keypoints)
 
 
+def compact(features: LocalFeatures, keypoints: int | None, bits: int) -> LocalFeatures:
+    """A gallery photo's features as stored: its `keypoints` largest ones (by scale: the most repeatable),
+    geometry as float16 where it fits, and with `bits` 4 each descriptor value square-root quantised to
+    0..15, two to a byte (RootSIFT compares square roots, so the error is even across values)."""
+    order = np.argsort(-features.keypoints[:, 2], kind="stable")[:keypoints]
+    points = features.keypoints[order]
+    if not len(points) or np.abs(points).max() < np.finfo(np.float16).max:
+        points = points.astype(np.float16)
+    descriptors = features.descriptors[order]
+    if bits == 4:
+        levels = np.clip(np.round(np.sqrt(descriptors.astype(np.float32))), 0, 15).astype(np.uint8)
+        descriptors = (levels[:, 0::2] << 4) | levels[:, 1::2]
+    return LocalFeatures(points, descriptors)
+
+
+def expand(features: LocalFeatures) -> LocalFeatures:
+    """Stored features back in the form matching takes: float32 geometry, 128 values of 8 bits."""
+    descriptors = features.descriptors
+    if descriptors.shape[1] == 64:
+        levels = np.empty((len(descriptors), 128), np.uint8)
+        levels[:, 0::2], levels[:, 1::2] = descriptors >> 4, descriptors & 15
+        descriptors = levels * levels
+    return LocalFeatures(features.keypoints.astype(np.float32), descriptors)
+
+
 def empty_features() -> LocalFeatures:
     return LocalFeatures(np.zeros((0, 4), np.float32), np.zeros((0, 128), np.uint8))
 
@@ -41,6 +68,10 @@ class SiftExtractor:
         self.conf_name = conf
         self.conf = confs[conf]
         self._sift = cv2.SIFT_create(nfeatures=self.conf["nfeatures"])
+
+    def gallery(self, image: np.ndarray) -> LocalFeatures:
+        """A gallery photo's features, as they are stored."""
+        return compact(self(image), self.conf["stored_keypoints"], self.conf["stored_bits"])
 
     def __call__(self, image: np.ndarray) -> LocalFeatures:
         small, scale = resize_max_side(image, self.conf["max_side"])

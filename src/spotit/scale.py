@@ -37,6 +37,7 @@ from .datasets import load_dataset
 from .derived import Learned, bring_up_to_date
 from .errors import SpotitError
 from .evaluate import eval_index, run_queries
+from .global_features import region_values, store_regions
 from .images import load_image
 from .index import Index
 from .lifecycle import kinds_of
@@ -63,7 +64,7 @@ def recombine(real: np.ndarray, count: int, noise: float, rng: np.random.Generat
     mixed = real[picks, np.arange(real.shape[1])[None, :]]
     mixed += noise * real.std(axis=0) * rng.standard_normal(mixed.shape, np.float32)
     mixed = np.maximum(mixed, 0)
-    return (mixed / np.maximum(np.linalg.norm(mixed, axis=-1, keepdims=True), 1e-12)).astype(np.float16)
+    return mixed / np.maximum(np.linalg.norm(mixed, axis=-1, keepdims=True), 1e-12)
 
 
 def calibrate_noise(real: np.ndarray, whiten, rng: np.random.Generator, probes: int = 500) -> float:
@@ -80,7 +81,7 @@ def calibrate_noise(real: np.ndarray, whiten, rng: np.random.Generator, probes: 
     low, high = 0.0, 8.0
     for _ in range(10):
         noise = (low + high) / 2
-        made = whiten(recombine(real, max(1, probes // regions), noise, rng).reshape(-1, real.shape[-1]).astype(np.float32))
+        made = whiten(recombine(real, max(1, probes // regions), noise, rng).reshape(-1, real.shape[-1]))
         if np.median((made @ flat[reference].T).max(axis=1)) > target:
             low = noise
         else:
@@ -99,7 +100,8 @@ def add_distractors(store: Store, base: Store, count: int, seed: int = 0, progre
     """Add `count` simulated photos to `store` (a writer's state), made from `base`'s features; commits per
     chunk. Returns the noise level used."""
     rng = np.random.default_rng(seed)
-    real = base.load_dense("regions")[1]
+    real = region_values(base.load_dense("regions")[1])
+    bits = base.manifest["feature_settings"]["regions"].get("stored_bits", 16)
     noise = calibrate_noise(real, Learned.read(base).whiten_flat, rng)
     names = base.names()
     donors = rng.choice(len(names), min(LOCAL_POOL, len(names)), replace=False)
@@ -111,7 +113,7 @@ def add_distractors(store: Store, base: Store, count: int, seed: int = 0, progre
     while made < count:
         n = min(CHUNK, count - made)
         picks = rng.integers(0, len(donors), n)
-        features = {"regions": recombine(real, n, noise, rng), **{kind: [local[j] for j in picks] for kind, local in pool.items()}}
+        features = {"regions": store_regions(recombine(real, n, noise, rng), bits), **{kind: [local[j] for j in picks] for kind, local in pool.items()}}
         chunk = [f"{DISTRACTORS}/{made + i:07d}.jpg" for i in range(n)]
         shard = store.write_shard(chunk, features)
         for row, (name, j) in enumerate(zip(chunk, picks)):

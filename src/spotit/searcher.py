@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 from . import rerank, vectors
 from .derived import Learned
+from .global_features import region_values
 from .images import Box, assign_ids
+from .local_features import expand
 from .matching import ratio_matches
 from .ranking import rank
 from .store import Store
@@ -94,10 +96,14 @@ class Snapshot:
         return self.cached(kind, lambda: self.store.load_dense(kind)[1].astype(np.float32))
 
     def local(self, kind: str) -> dict:
-        return self.cached(f"local-{kind}", lambda: self.store.load_local(kind))
+        return self.cached(f"local-{kind}", lambda: {n: expand(f) for n, f in self.store.load_local(kind).items()})
 
     def reader(self, kind: str):
-        return self.cached(f"reader-{kind}", lambda: self.store.local_reader(kind))
+        """Reads one photo's local features of `kind` (by name, and position where known), ready to match."""
+        def make():
+            read = self.store.local_reader(kind)
+            return lambda name, position=None: expand(read(name, position))
+        return self.cached(f"reader-{kind}", make)
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -129,7 +135,7 @@ class Snapshot:
         if learned is None or not all(store.has_derived(shard) for shard in shards):
             # the first update is still running, or it was interrupted: whiten in memory (a reader never writes)
             whitening = Learned.read(store).whitening if learned else None
-            raw = store.load_dense("regions")[1]
+            raw = region_values(store.load_dense("regions")[1])
             whitening, matrix = whiten_regions(raw, self.manifest["feature_settings"]["regions"], whitening)
             return vectors.ExactRegions(matrix.reshape(len(raw), raw.shape[1], -1), raw.shape[1]), whitening
         parts = Learned.read(store)

@@ -6,7 +6,8 @@ Layout of an index folder:
     shards/NNNNNN.h5     features of a batch of images: `names`, one dataset per dense feature kind
                          (one row per name), and one group per local feature kind holding the ragged
                          `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
-    shards/NNNNNN.wL.npy     derived: the shard's region descriptors whitened by learned parts L (float16)
+    shards/NNNNNN.wL.npy     derived: the shard's region descriptors whitened by learned parts L (int8 codes;
+                         NNNNNN.sL.npy: a scale per region)
     shards/NNNNNN.cL.faiss   derived: the same as faiss IVF-PQ codes, when the vector index is approximate
     learned-L.npz        the learned parts of commit L: the regions' whitening (and learned-L.faiss: the
                          trained, empty vector index); learned again only when the gallery doubles or halves
@@ -28,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import vectors
 from .catalogue import SIDE_FILES, Catalogue, Changed, Columns, Images, in_order
 from .errors import SpotitError
 from .fileio import TEMPORARY_PREFIX, atomic_path, atomic_write_bytes
@@ -39,7 +41,7 @@ KIND = "spotit-index"
 MANIFEST = "manifest.json"  # the JSON state of spotit 0.1 and of format 1: read only to say "rebuild"
 SHARD_NAME = re.compile(r"(\d{6})\.h5")
 DERIVED_NAME = re.compile(r"(?:regions-whitened|learned)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
-SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wc](\d+)\.(?:npy|faiss)")
+SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wsc](\d+)\.(?:npy|faiss)")
 LEGACY_DERIVED = "regions-whitened.npz"  # spotit 0.1's name
 TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.tmp")  # fileio.atomic_path's, left by a killed writer
 
@@ -213,7 +215,7 @@ class Store:
         shards = {entry["shard"] for entry in self.images.values()}
         used = shards | set(self.learned_files())
         if self.learned:
-            used |= {self.derived_path(shard, kind).name for shard in shards for kind in "wc"}
+            used |= {self.derived_path(shard, kind).name for shard in shards for kind in "wsc"}
         for path in self.own_files():
             if path.name not in used:
                 path.unlink(missing_ok=True)
@@ -246,8 +248,8 @@ class Store:
                     group.create_dataset("rows", data=np.array([slot[id(f)] for f in data], np.int64))
                 counts = [len(f) for f in stored]
                 group.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-                group.create_dataset("keypoints", data=np.concatenate([f.keypoints for f in stored] + [np.zeros((0, 4), np.float32)]))
-                group.create_dataset("descriptors", data=np.concatenate([f.descriptors for f in stored] + [np.zeros((0, 128), np.uint8)]))
+                for key in ("keypoints", "descriptors"):  # stored as given (compact ones: local_features.compact)
+                    group.create_dataset(key, data=np.concatenate([getattr(f, key) for f in stored]))
         return name
 
     # ---- reading -------------------------------------------------------------------------------
@@ -375,31 +377,37 @@ class Store:
         return arrays, index
 
     def derived_path(self, shard: str, kind: str, version: int | None = None) -> Path:
-        """A shard's derived file: kind "w" (whitened regions) or "c" (vector codes) of learned `version`."""
+        """A shard's derived file of learned `version`: kind "w" and "s" (whitened regions: codes, scales) or
+        "c" (vector index codes)."""
         version = self.learned["version"] if version is None else version
         return self.shard_dir / f"{shard.removesuffix('.h5')}.{kind}{version}.{'npy' if kind == 'w' else 'faiss'}"
 
     def write_derived(self, shard: str, version: int, whitened: np.ndarray, codes: np.ndarray | None) -> None:
         import io
 
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(whitened, np.float16))
-        atomic_write_bytes(self.derived_path(shard, "w", version), buffer.getvalue())
+        for kind, array in zip("ws", vectors.quantise(whitened)):
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            atomic_write_bytes(self.derived_path(shard, kind, version), buffer.getvalue())
         if codes is not None:
             atomic_write_bytes(self.derived_path(shard, "c", version), codes.tobytes())
 
     def has_derived(self, shard: str) -> bool:
         return self.derived_path(shard, "w").is_file()
 
-    def read_whitened(self, shard: str) -> np.ndarray:
-        """A shard's whitened regions (rows, per_image, D), mapped from the file, not read."""
-        path = self.derived_path(shard, "w")
-        try:
-            return np.load(path, mmap_mode="r")
-        except FileNotFoundError as exc:
-            raise self._gone_or(path, exc) from None
-        except (OSError, ValueError) as exc:
-            raise SpotitError(f"index file {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
+    def read_whitened(self, shard: str) -> vectors.QuantisedRows:
+        """A shard's whitened regions (rows, per_image, D), mapped from the files, read row by row."""
+        arrays = []
+        for kind in "ws":
+            path = self.derived_path(shard, kind)
+            try:
+                arrays.append(np.load(path, mmap_mode="r"))
+            except FileNotFoundError as exc:
+                raise self._gone_or(path, exc) from None
+            except (OSError, ValueError) as exc:
+                raise SpotitError(f"index file {path} is unreadable ({exc}); rebuild with "
+                                  f"`spotit index GALLERY --rebuild`") from None
+        return vectors.QuantisedRows(*arrays)
 
     def read_codes(self, shard: str) -> bytes:
         path = self.derived_path(shard, "c")
@@ -411,12 +419,26 @@ class Store:
     def live_shards(self) -> list[str]:
         return sorted(self.placements())
 
+    def read_dense(self, kind: str, places: list[tuple[str, int]]) -> np.ndarray:
+        """The dense `kind` features at each (shard, row) of `places`, in that order."""
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for i, (shard, row) in enumerate(places):
+            by_shard.setdefault(shard, []).append((row, i))
+        out = None
+        for shard, items in by_shard.items():
+            items.sort()
+            data = self.read_rows(shard, kind, [row for row, _ in items])
+            if out is None:
+                out = np.empty((len(places), *data.shape[1:]), data.dtype)
+            out[[i for _, i in items]] = data
+        return out
+
     def read_rows(self, shard: str, kind: str, rows=None) -> np.ndarray:
-        """The dense `kind` features of a shard's `rows` (all rows when None)."""
+        """The dense `kind` features of a shard's `rows` (increasing, each once; all rows when None)."""
         with self._read(shard) as data:
             if kind not in data:
                 raise self._missing(kind)
-            return data[kind][()] if rows is None else data[kind][sorted(rows)]
+            return data[kind][()] if rows is None else data[kind][list(rows)]
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())

@@ -170,21 +170,27 @@ class Updater:
         self.store.remove_unused()
         return report
 
-    def _compact_if_sparse(self) -> None:
-        """Rewrite shards once more than half of their rows belong to removed or re-extracted images."""
+    def _compact_if_sparse(self, batch: int = 4096) -> None:
+        """Rewrite the shards more than half of whose rows belong to removed or re-extracted photos: their live
+        photos move to new shards, so the work is in proportion to what was removed, not to the index."""
         totals = self.store.shard_rows()
-        images = self.store.images
-        if not totals or sum(totals.values()) <= 2 * len(images):
+        placements = self.store.placements()
+        sparse = sorted(shard for shard, members in placements.items() if 2 * len(members) < totals[shard])
+        if not sparse:
             return
         names = self.store.names()
-        features = {}
-        for kind in self.kinds:
-            if kind in DENSE_KINDS:
-                features[kind] = self.store.load_dense(kind)[1]
-            else:
-                local = self.store.load_local(kind)
-                features[kind] = [local[n] for n in names]
-        shard = self.store.write_shard(names, features)
-        for row, name in enumerate(names):
-            images[name] = {**images[name], "shard": shard, "row": row}
+        moving = [(names[position], shard, row) for shard in sparse for position, row in placements[shard]]
+        images = self.store.images
+        for start in range(0, len(moving), batch):
+            chunk = moving[start : start + batch]
+            features = {}
+            for kind in self.kinds:
+                if kind in DENSE_KINDS:
+                    features[kind] = self.store.read_dense(kind, [(shard, row) for _, shard, row in chunk])
+                else:
+                    read = self.store.local_reader(kind)
+                    features[kind] = [read(name) for name, _, _ in chunk]
+            shard = self.store.write_shard([name for name, _, _ in chunk], features)
+            for row, (name, _, _) in enumerate(chunk):
+                images[name] = {**images[name], "shard": shard, "row": row}
         self.store.commit()

@@ -70,6 +70,26 @@ def encode(trained, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return faiss.serialize_index(index)
 
 
+def quantise(whitened: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., D) float vectors -> int8 codes and a float32 scale per vector (its largest value / 127)."""
+    scales = np.maximum(np.abs(whitened).max(axis=-1), 1e-12) / 127
+    return np.round(whitened / scales[..., None]).astype(np.int8), scales.astype(np.float32)
+
+
+class QuantisedRows:
+    """A shard's whitened regions as int8 codes and scales (mapped from files): rows read as float32."""
+
+    def __init__(self, codes: np.ndarray, scales: np.ndarray):
+        self.codes, self.scales = codes, scales
+
+    @property
+    def shape(self) -> tuple:
+        return self.codes.shape
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.codes[rows].astype(np.float32) * self.scales[rows][..., None]
+
+
 def region_ids(vids: np.ndarray, per_image: int) -> np.ndarray:
     return (np.asarray(vids, np.int64)[:, None] * ID_STRIDE + np.arange(per_image)).ravel()
 
