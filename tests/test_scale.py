@@ -9,7 +9,7 @@ import pytest
 from spotit import Index
 from spotit.catalogue import Catalogue
 from spotit.errors import SpotitError
-from spotit.vectors import ApproximateRegions, ExactRegions, ID_STRIDE, encode, region_ids, train
+from spotit.vectors import ApproximateRegions, ExactRegions, ID_STRIDE, add_codes, encode, region_ids, train
 
 
 def search(index: Index, demo) -> list[tuple[str, float]]:
@@ -52,8 +52,8 @@ def test_the_approximate_shortlist_agrees_with_exact_search_on_a_small_gallery(d
     approximate = Index.create(tmp_path / "ivfpq", demo["gallery"], ["hybrid"], vectors="ivfpq")
     approximate.update(progress=False)
     assert approximate.manifest["learned"]["vectors"] == "ivfpq"
-    assert list((tmp_path / "ivfpq" / "shards").glob("*.c*.faiss"))
-    assert not list((tmp_path / "exact" / "shards").glob("*.c*.faiss"))
+    assert list((tmp_path / "ivfpq" / "shards").glob("*.c*.npy"))
+    assert not list((tmp_path / "exact" / "shards").glob("*.c*.npy"))
     found, truth = search(approximate, demo), search(exact, demo)
     assert [i for i, _ in found[:10]] == [i for i, _ in truth[:10]]
     assert np.allclose([s for _, s in found[:10]], [s for _, s in truth[:10]], atol=1e-3)
@@ -103,7 +103,8 @@ def test_approximate_regions_find_what_exact_search_finds():
     vids = np.arange(photos) * 3 + 1  # ids need not be positions
     import faiss
 
-    index = faiss.deserialize_index(encode(trained, regions.reshape(-1, dims), region_ids(vids, per_image)))
+    index = faiss.clone_index(trained)
+    add_codes(index, encode(trained, regions.reshape(-1, dims)), region_ids(vids, per_image))
     lookup = {int(v): i for i, v in enumerate(vids)}
     conf = {"probe": 16, "neighbours": 64, "rescore": 50}
     approximate = ApproximateRegions(index, per_image, photos, lambda w: np.array([lookup.get(int(v), -1) for v in w]),
@@ -183,3 +184,53 @@ def test_removing_photos_rewrites_only_the_shards_they_emptied(demo, photo_names
     # the moved photos' features, and the learned parts, are what they were: each photo scores the same
     after = {h.id: round(h.score, 5) for h in index.search(demo["query"], [demo["box"]], method="regional", top=None)}
     assert after == {i: score for i, score in before.items() if i in after} and len(after) == 11
+
+
+def test_auto_changes_the_vector_index_kind_only_when_it_learns_again(demo, photo_names, tmp_path, monkeypatch):
+    monkeypatch.setattr("spotit.vectors.AUTO_EXACT_PHOTOS", 10)
+    gallery = subset(demo, tmp_path / "gallery", photo_names[:8])
+    index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
+    index.update(progress=False)
+    assert index.manifest["learned"]["vectors"] == "exact"
+    subset(demo, gallery, photo_names[8:12])  # past the threshold, but not doubled: nothing learned again
+    index.update(progress=False)
+    assert index.manifest["learned"]["vectors"] == "exact" and index.manifest["learned"]["photos"] == 8
+    subset(demo, gallery, photo_names[12:16])
+    index.update(progress=False)
+    assert index.manifest["learned"] == {**index.manifest["learned"], "vectors": "ivfpq", "photos": 16}
+    assert len(index.search(demo["query"], [demo["box"]], top=5)) == 5
+
+
+def test_a_shard_missing_its_derived_files_is_searched_and_derived_by_the_next_update(demo, tmp_path):
+    index_dir = tmp_path / "idx"
+    shutil.copytree(demo["gallery"], tmp_path / "gallery")
+    index = Index.create(index_dir, tmp_path / "gallery", ["hybrid"])
+    index.update(progress=False)
+    expected = search(index, demo)
+    whitened = sorted((index_dir / "shards").glob("*.w*.npy"))
+    whitened[0].unlink()  # as an update killed while deriving leaves it
+    # derived in memory meanwhile (from the float whitening, not its stored 8-bit form: scores differ a little)
+    assert [i for i, _ in search(Index.open(index_dir), demo)][:3] == [i for i, _ in expected][:3]
+    index.update(progress=False)
+    assert whitened[0].is_file() and search(Index.open(index_dir), demo) == expected
+
+
+def test_a_commit_needs_no_earlier_read_of_the_photos(demo_index, tmp_path):
+    from spotit.store import Store
+
+    shutil.copytree(demo_index.store.root, tmp_path / "idx")
+    store = Store.open(tmp_path / "idx")
+    store.manifest["vectors"] = "exact"
+    store.commit()
+    assert len(Store.open(tmp_path / "idx").images) == 20
+
+
+def test_file_arrays_read_rows_slices_and_lists_as_numpy_would(tmp_path):
+    from spotit.fileio import FileArray
+
+    array = np.arange(5 * 3 * 2, dtype=np.int16).reshape(5, 3, 2)
+    np.save(tmp_path / "a.npy", array)
+    read = FileArray.of_npy(tmp_path / "a.npy")
+    assert read.shape == (5, 3, 2) and len(read) == 5
+    assert np.array_equal(read[3], array[3]) and np.array_equal(read[1:4], array[1:4])
+    assert np.array_equal(read[[4, 0, 2]], array[[4, 0, 2]]) and read[2:2].shape == (0, 3, 2)

@@ -11,6 +11,7 @@ not stop the whole gallery. Their order, the catalogue's order, is the order of 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,24 @@ class Images(dict):
         self.changed.add(name)
         return super().pop(name, *default)
 
+    def update(self, *args, **kwargs):
+        for name, entry in dict(*args, **kwargs).items():
+            self[name] = entry
+
+    def setdefault(self, name, entry=None):
+        if name not in self:
+            self[name] = entry
+        return self[name]
+
+    def popitem(self):
+        name, entry = super().popitem()
+        self.changed.add(name)
+        return name, entry
+
+    def clear(self):
+        self.changed.update(self)
+        super().clear()
+
 
 @dataclass
 class Columns:
@@ -100,15 +119,11 @@ class Catalogue:
             raise SpotitError(f"cannot open the catalogue {self.path}: {exc}") from None
 
     def _read(self) -> sqlite3.Connection:
-        """A connection for reading; on a read-only folder (no WAL index can be made) the file as it is."""
-        try:
-            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60, isolation_level=None,
-                                         check_same_thread=False)
-            connection.execute("SELECT 1 FROM state LIMIT 1").fetchall()
-            return connection
-        except sqlite3.OperationalError:
-            return sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None,
-                                   check_same_thread=False)
+        """A connection for reading. In a folder this process cannot write, SQLite cannot make the WAL's
+        shared-memory file, and the file is read as it is (a read-only index has no writer)."""
+        mode = "mode=ro" if os.access(self.path.parent, os.W_OK) else "immutable=1"
+        return sqlite3.connect(f"file:{self.path}?{mode}", uri=True, timeout=60, isolation_level=None,
+                               check_same_thread=False)
 
     def create(self, state: dict) -> None:
         """A new, empty catalogue holding `state`, replacing any photos it held (one transaction)."""
@@ -156,7 +171,10 @@ class Catalogue:
         images.changed.clear()
 
     def state(self) -> dict | None:
-        """The committed settings and counters, or None when this is no catalogue."""
+        """The committed settings and counters, or None when this is no catalogue (absent, or another
+        program's file); a catalogue that cannot be read now is an error, never "no index"."""
+        if not self.path.is_file():
+            return None
         try:
             connection = self._read()
             try:
@@ -164,8 +182,12 @@ class Catalogue:
             finally:
                 connection.close()
             return json.loads(row[0]) if row else None
-        except (sqlite3.Error, ValueError):
-            return None
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise SpotitError(f"cannot read the catalogue {self.path}: {exc}") from None
+        except (sqlite3.DatabaseError, ValueError, UnicodeDecodeError):
+            return None  # not a SQLite database, or not spotit's
 
     def _snapshot_query(self, generation: int, query: str):
         """The rows of `query` in the commit `generation` (raises Changed when a newer one was made)."""

@@ -48,12 +48,7 @@ class Learned:
     def derive(self, store: Store, shard: str) -> None:
         """Write a shard's whitened regions (and their codes) for these learned parts."""
         whitened = self.whiten(store.read_rows(shard, "regions"))
-        codes = None
-        if self.trained is not None:
-            number = int(shard.removesuffix(".h5"))
-            vids = [vectors.photo_vid(number, row) for row in range(len(whitened))]
-            codes = vectors.encode(self.trained, whitened.reshape(-1, whitened.shape[-1]),
-                                   vectors.region_ids(np.array(vids, np.int64), whitened.shape[1]))
+        codes = None if self.trained is None else vectors.encode(self.trained, whitened.reshape(-1, whitened.shape[-1]))
         store.write_derived(shard, self.version, whitened, codes)
 
 
@@ -61,8 +56,9 @@ def due(store: Store, choice: str) -> bool:
     learned, photos = store.learned, len(store.images)
     if not photos:
         return False
-    if learned is None or learned["vectors"] != vectors.resolve(choice, photos):
+    if learned is None or (choice != "auto" and learned["vectors"] != choice):
         return True
+    # "auto" changes kind only with a re-learning: a gallery near the threshold must not flip back and forth
     return photos >= GROWTH * learned["photos"] or photos * GROWTH <= learned["photos"]
 
 

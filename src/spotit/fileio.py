@@ -8,6 +8,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .errors import SpotitError
 
 
@@ -109,3 +111,36 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
         raise SpotitError(f"{what} {path} is a file, not a folder")
     _probe_writable(_first_existing(path), what, path)
     return path
+
+
+class FileArray:
+    """An array stored contiguously in a file at `offset`, read on demand with pread. Unlike a memory map,
+    what a long-lived search process has read does not stay in its memory (the page cache keeps it)."""
+
+    def __init__(self, path: str | os.PathLike, dtype, offset: int, shape: tuple):
+        self.path, self.dtype, self.offset, self.shape = path, np.dtype(dtype), int(offset), tuple(shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    @classmethod
+    def of_npy(cls, path: str | os.PathLike) -> "FileArray":
+        mapped = np.load(path, mmap_mode="r")  # for its header only: no page of it is read
+        return cls(path, mapped.dtype, mapped.offset, mapped.shape)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        with open(self.path, "rb") as file:
+            data = os.pread(file.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            return self._read(start, max(start, stop))[::step]
+        if isinstance(index, (int, np.integer)):
+            return self._read(int(index), int(index) + 1)[0]
+        rows = np.asarray(index, np.int64)
+        if not len(rows):
+            return np.zeros((0, *self.shape[1:]), self.dtype)
+        return self._read(int(rows.min()), int(rows.max()) + 1)[rows - rows.min()]

@@ -14,6 +14,11 @@ features, and say so in their names (`~distractors/NNNNNNN.jpg`, no file behind 
 The set's gallery is indexed as `spotit eval` does (cached), its shards are linked into the scale index,
 the distractors are added in shards of `CHUNK`, and the learned parts are learned again for N photos.
 The queries then run in a fresh process, which measures its own memory and time to first answer.
+
+What this flatters, and so what to read elsewhere: disk per photo (distractors share 64 sets of local
+features; a real photo's size is in the dev sets' table), the page cache (the same 64 sets are read over
+and over), and mAP, which is cut at the `top` photos ranked (1,000 by default) where `spotit eval` ranks
+the whole gallery.
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ def build(root, images: int, index_dir=None, vectors: str = "auto", seed: int = 
         raise SpotitError(f"--images {images} must exceed the {len(base_store.images)} photos of {dataset.name}'s gallery")
     path = Path(index_dir or scale_index_dir(dataset, images, vectors)).absolute()
     made = {"base": str(base_store.root), "base_generation": base_store.manifest["generation"], "images": images,
-            "seed": seed}
+            "seed": seed, "vectors": vectors}
     if Store.exists(path):
         try:
             if Store.open(path).manifest.get("scale") == made:
@@ -176,8 +181,8 @@ def build(root, images: int, index_dir=None, vectors: str = "auto", seed: int = 
 
 
 def shortlist_recall(index: Index, dataset, queries, k: int = 100) -> float:
-    """Share of the exact search's top-k photos (best region similarity) that the index's vector search also
-    ranks in its top k, over `queries`' upright views."""
+    """Share of the exact search's top-k photos (best region similarity over the query's views) that the
+    index's vector search also ranks in its top k, over `queries`."""
     snap = index.snapshot()
     approximate, whitening = snap.regions()
     exact = snap.exact_regions(approximate.per_image)

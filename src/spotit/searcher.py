@@ -20,7 +20,7 @@ from .images import Box, assign_ids
 from .local_features import expand
 from .matching import ratio_matches
 from .ranking import rank
-from .store import Store
+from .store import SnapshotGone, Store
 from .whitening import Whitening
 
 # search method -> the feature kinds it reads from the index
@@ -132,20 +132,25 @@ class Snapshot:
     def _regions(self):
         store, learned = self.store, self.store.learned
         shards = store.live_shards()
-        if learned is None or not all(store.has_derived(shard) for shard in shards):
+        if learned is not None and not all(store.has_derived(shard) for shard in shards):
+            if store.changed():
+                raise SnapshotGone("derived files of this state were replaced by a newer commit")
+            learned = None  # an update was interrupted before it derived them: the next one will
+        if learned is None:
             # the first update is still running, or it was interrupted: whiten in memory (a reader never writes)
-            whitening = Learned.read(store).whitening if learned else None
+            whitening = Learned.read(store).whitening if store.learned else None
             raw = region_values(store.load_dense("regions")[1])
             whitening, matrix = whiten_regions(raw, self.manifest["feature_settings"]["regions"], whitening)
             return vectors.ExactRegions(matrix.reshape(len(raw), raw.shape[1], -1), raw.shape[1]), whitening
         parts = Learned.read(store)
         if learned["vectors"] == "exact":
             return self.exact_regions(parts.per_image), parts.whitening
-        import faiss
-
         index = parts.trained
         for shard in store.placements():
-            index.merge_from(faiss.deserialize_index(np.frombuffer(store.read_codes(shard), np.uint8)), 0)
+            codes = store.read_codes(shard)
+            rows = np.arange(len(codes) // parts.per_image)
+            vids = vectors.photo_vid(int(shard.removesuffix(".h5")), rows)
+            vectors.add_codes(index, codes, vectors.region_ids(vids, parts.per_image))
         columns = store.columns()
         numbers = np.array([int(shard.removesuffix(".h5")) for shard in columns.shards], np.int64)
         vids = (numbers[columns.shard] << vectors.ROW_BITS) | columns.row

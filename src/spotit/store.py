@@ -8,7 +8,7 @@ Layout of an index folder:
                          `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
     shards/NNNNNN.wL.npy     derived: the shard's region descriptors whitened by learned parts L (int8 codes;
                          NNNNNN.sL.npy: a scale per region)
-    shards/NNNNNN.cL.faiss   derived: the same as faiss IVF-PQ codes, when the vector index is approximate
+    shards/NNNNNN.cL.npy     derived: the same as faiss IVF-PQ codes, when the vector index is approximate
     learned-L.npz        the learned parts of commit L: the regions' whitening (and learned-L.faiss: the
                          trained, empty vector index); learned again only when the gallery doubles or halves
     write.lock           held (flock) by the one process allowed to change the index
@@ -32,7 +32,7 @@ import numpy as np
 from . import vectors
 from .catalogue import SIDE_FILES, Catalogue, Changed, Columns, Images, in_order
 from .errors import SpotitError
-from .fileio import TEMPORARY_PREFIX, atomic_path, atomic_write_bytes
+from .fileio import TEMPORARY_PREFIX, FileArray, atomic_path, atomic_write_bytes
 from .local_features import LocalFeatures
 from .lock import LOCK_FILE
 
@@ -41,7 +41,7 @@ KIND = "spotit-index"
 MANIFEST = "manifest.json"  # the JSON state of spotit 0.1 and of format 1: read only to say "rebuild"
 SHARD_NAME = re.compile(r"(\d{6})\.h5")
 DERIVED_NAME = re.compile(r"(?:regions-whitened|learned)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
-SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wsc](\d+)\.(?:npy|faiss)")
+SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wsc](\d+)\.npy")
 LEGACY_DERIVED = "regions-whitened.npz"  # spotit 0.1's name
 TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.tmp")  # fileio.atomic_path's, left by a killed writer
 
@@ -53,9 +53,10 @@ class SnapshotGone(SpotitError):
 def read_manifest(root: Path) -> dict | None:
     """The committed state of a spotit index at `root` (of an older format: its JSON manifest), or None
     when `root` holds no spotit index."""
-    state = Catalogue(root).state() if (root / "catalogue.db").is_file() else None
-    if state is not None:
-        return state if state.get("kind") == KIND else None
+    catalogue = Catalogue(root)
+    if catalogue.exists():
+        state = catalogue.state()
+        return state if isinstance(state, dict) and state.get("kind") == KIND else None
     return read_json_manifest(root / MANIFEST)
 
 
@@ -181,9 +182,10 @@ class Store:
 
     def commit(self) -> None:
         """Publish the in-memory manifest as the index's state (writer only, under the write lock)."""
+        images = self.images  # read (if not yet) before the generation moves on
         self.manifest["kind"] = KIND
         self.manifest["generation"] = self.manifest.get("generation", 0) + 1
-        self.catalogue.commit(self.manifest, self.images)
+        self.catalogue.commit(self.manifest, images)
         self._columns = None
 
     def own_files(self) -> list[Path]:
@@ -380,28 +382,30 @@ class Store:
         """A shard's derived file of learned `version`: kind "w" and "s" (whitened regions: codes, scales) or
         "c" (vector index codes)."""
         version = self.learned["version"] if version is None else version
-        return self.shard_dir / f"{shard.removesuffix('.h5')}.{kind}{version}.{'npy' if kind == 'w' else 'faiss'}"
+        return self.shard_dir / f"{shard.removesuffix('.h5')}.{kind}{version}.npy"
 
     def write_derived(self, shard: str, version: int, whitened: np.ndarray, codes: np.ndarray | None) -> None:
+        """Write a shard's derived files; the whitened codes ("w") last: their presence says all are there."""
         import io
 
-        for kind, array in zip("ws", vectors.quantise(whitened)):
+        quantised, scales = vectors.quantise(whitened)
+        for kind, array in (("c", codes), ("s", scales), ("w", quantised)):
+            if array is None:
+                continue
             buffer = io.BytesIO()
             np.save(buffer, array)
             atomic_write_bytes(self.derived_path(shard, kind, version), buffer.getvalue())
-        if codes is not None:
-            atomic_write_bytes(self.derived_path(shard, "c", version), codes.tobytes())
 
     def has_derived(self, shard: str) -> bool:
         return self.derived_path(shard, "w").is_file()
 
     def read_whitened(self, shard: str) -> vectors.QuantisedRows:
-        """A shard's whitened regions (rows, per_image, D), mapped from the files, read row by row."""
+        """A shard's whitened regions (rows, per_image, D), read from the file row by row."""
         arrays = []
         for kind in "ws":
             path = self.derived_path(shard, kind)
             try:
-                arrays.append(np.load(path, mmap_mode="r"))
+                arrays.append(FileArray.of_npy(path) if kind == "w" else np.load(path))
             except FileNotFoundError as exc:
                 raise self._gone_or(path, exc) from None
             except (OSError, ValueError) as exc:
@@ -409,12 +413,15 @@ class Store:
                                   f"`spotit index GALLERY --rebuild`") from None
         return vectors.QuantisedRows(*arrays)
 
-    def read_codes(self, shard: str) -> bytes:
+    def read_codes(self, shard: str) -> np.ndarray:
+        """A shard's regions as the vector index's codes (uint8, one row per region)."""
         path = self.derived_path(shard, "c")
         try:
-            return path.read_bytes()
-        except OSError as exc:
+            return np.load(path)
+        except FileNotFoundError as exc:
             raise self._gone_or(path, exc) from None
+        except (OSError, ValueError) as exc:
+            raise SpotitError(f"index file {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
 
     def live_shards(self) -> list[str]:
         return sorted(self.placements())
@@ -447,8 +454,8 @@ class Store:
 class LocalReader:
     """Reads the local features of single images on demand (re-ranking needs only a shortlist).
 
-    Shards store their arrays contiguous and uncompressed, so each is mapped straight from the file:
-    slicing a memory map costs microseconds where an h5py read costs a third of a millisecond."""
+    Shards store their arrays contiguous and uncompressed, so each photo's rows are read straight from the
+    file (fileio.FileArray): microseconds where an h5py read costs a third of a millisecond."""
 
     def __init__(self, store: "Store", kind: str):
         self.store, self.kind = store, kind
@@ -464,8 +471,8 @@ class LocalReader:
                 dataset = group[key]
                 offset = dataset.id.get_offset()  # None when empty or not stored contiguously
                 try:
-                    arrays.append(np.memmap(self.store.shard_dir / shard, dataset.dtype, "r", offset, dataset.shape))
-                except (TypeError, ValueError, OSError):
+                    arrays.append(FileArray(self.store.shard_dir / shard, dataset.dtype, offset, dataset.shape))
+                except TypeError:
                     arrays.append(dataset[()])
         return tuple(arrays)
 

@@ -191,6 +191,8 @@ class Updater:
                     read = self.store.local_reader(kind)
                     features[kind] = [read(name) for name, _, _ in chunk]
             shard = self.store.write_shard([name for name, _, _ in chunk], features)
+            if self.learned is not None:
+                self.learned.derive(self.store, shard)
             for row, (name, _, _) in enumerate(chunk):
                 images[name] = {**images[name], "shard": shard, "row": row}
         self.store.commit()

@@ -30,7 +30,8 @@ ID_STRIDE = 16  # regions per photo at most
 ROW_BITS = 24  # rows per shard at most: 16.7M
 
 
-def photo_vid(shard_number: int, row: int) -> int:
+def photo_vid(shard_number: int, row):
+    """A photo's id in the vector index, from where its features lie (`row` may be an array of rows)."""
     return (shard_number << ROW_BITS) | row
 
 
@@ -60,14 +61,18 @@ def train(sample: np.ndarray, regions: int, conf: dict):
     return index
 
 
-def encode(trained, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """faiss's serialised bytes of `trained` holding (n, D) `vectors` under `ids` (one shard's regions)."""
-    import faiss
+def encode(trained, vectors: np.ndarray) -> np.ndarray:
+    """(n, D) vectors as the codes `trained` stores (coarse cell and PQ code, uint8 (n, code size)): a
+    shard's share of the index, without the quantisers every shard would otherwise repeat."""
+    if not len(vectors):
+        return np.zeros((0, trained.sa_code_size()), np.uint8)
+    return trained.sa_encode(np.ascontiguousarray(vectors, np.float32))
 
-    index = faiss.clone_index(trained)
-    if len(vectors):
-        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
-    return faiss.serialize_index(index)
+
+def add_codes(index, codes: np.ndarray, ids: np.ndarray) -> None:
+    """Add a shard's `encode`d regions to `index` (a copy of the trained one) under their faiss `ids`."""
+    if len(codes):
+        index.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(ids, np.int64))
 
 
 def quantise(whitened: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +96,8 @@ class QuantisedRows:
 
 
 def region_ids(vids: np.ndarray, per_image: int) -> np.ndarray:
+    if per_image > ID_STRIDE:
+        raise SpotitError(f"{per_image} regions per photo: the vector index holds at most {ID_STRIDE}")
     return (np.asarray(vids, np.int64)[:, None] * ID_STRIDE + np.arange(per_image)).ravel()
 
 
