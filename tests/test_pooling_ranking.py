@@ -73,3 +73,11 @@ def test_region_scores_take_each_images_best_region_per_vector():
         for i in range(images):
             assert scores[k, i] == pytest.approx(max(regions[i * per_image + r] @ vectors[k] for r in range(per_image)), abs=1e-5)
     assert np.allclose(region_scores(np.ascontiguousarray(regions.T), per_image, vectors[0]), scores[:1])
+
+
+def test_a_partial_ranking_is_the_full_rankings_prefix_ties_included():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 20, 500).astype(np.float32)  # many ties
+    full = rank(scores)
+    for top in (1, 7, 50, 499, 500, 900):
+        assert np.array_equal(rank(scores, top), full[:top])

@@ -108,7 +108,7 @@ def test_approximate_regions_find_what_exact_search_finds():
     lookup = {int(v): i for i, v in enumerate(vids)}
     conf = {"probe": 16, "neighbours": 64, "rescore": 50}
     approximate = ApproximateRegions(index, per_image, photos, lambda w: np.array([lookup.get(int(v), -1) for v in w]),
-                                     lambda i: regions[i], conf)
+                                     lambda rows: regions[rows], conf)
     exact = ExactRegions(regions, per_image)
     queries = regions[rng.choice(photos, 5, replace=False), 0] + 0.05 * rng.normal(size=(5, dims)).astype(np.float32)
     found, truth = approximate.scores(queries), exact.scores(queries)

@@ -22,9 +22,17 @@ from .fileio import write_output
 _DECODER = json.JSONDecoder()  # strict: a raw control character inside a quoted name is an error
 
 
-def rank(scores: np.ndarray) -> np.ndarray:
-    """Indices from best to worst score; ties keep gallery order so rankings are reproducible."""
-    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+def rank(scores: np.ndarray, top: int | None = None) -> np.ndarray:
+    """Indices from best to worst score; ties keep gallery order so rankings are reproducible. With `top`,
+    only the first `top` of that order (a partial sort: a million photos need not all be sorted)."""
+    keys = -np.asarray(scores, dtype=np.float64)
+    if top is None or top >= len(keys):
+        return np.argsort(keys, kind="stable")
+    if top <= 0:
+        return np.zeros(0, np.int64)
+    cut = np.partition(keys, top - 1)[top - 1]
+    chosen = np.flatnonzero(keys <= cut)  # in gallery order, ties at the cut included
+    return chosen[np.argsort(keys[chosen], kind="stable")][:top]
 
 
 def _is_bare(name: str, query: bool) -> bool:

@@ -52,8 +52,8 @@ def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]
     by the upright score."""
     chosen: dict[int, None] = {}
     if conf["rotated_shortlist"] and np.isfinite(rotated).any():
-        chosen.update(dict.fromkeys(int(i) for i in rank(rotated)[: conf["rotated_shortlist"]]))
-    for i in rank(upright):
+        chosen.update(dict.fromkeys(int(i) for i in rank(rotated, conf["rotated_shortlist"])))
+    for i in rank(upright, conf["shortlist"] + len(chosen)):
         if len(chosen) >= conf["shortlist"]:
             break
         chosen.setdefault(int(i))
@@ -80,7 +80,7 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
     base = np.where(verified, np.maximum(upright, rotated), upright)
     if conf["qe"]:
         fused = fuse(base, inliers, conf)
-        expanding = [i for i in rank(fused)[: 3 * conf["qe"]] if inliers[i] >= conf["qe_min_inliers"]][: conf["qe"]]
+        expanding = [i for i in rank(fused, 3 * conf["qe"]) if inliers[i] >= conf["qe_min_inliers"]][: conf["qe"]]
         if expanding:
             blocks = [regions.block(i) for i in expanding]
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]

@@ -161,13 +161,21 @@ class Snapshot:
             at = np.minimum(np.searchsorted(sorted_vids, wanted), len(sorted_vids) - 1)
             return np.where(sorted_vids[at] == wanted, order[at], -1)
 
-        maps: dict[str, np.ndarray] = {}
+        maps: dict[int, vectors.QuantisedRows] = {}
 
-        def read(position: int) -> np.ndarray:
-            shard = columns.shards[columns.shard[position]]
-            if shard not in maps:
-                maps[shard] = store.read_whitened(shard)
-            return maps[shard][columns.row[position]]
+        def read(positions: np.ndarray) -> np.ndarray:
+            """(n, per_image, D) stored regions of the photos at `positions`, read shard by shard."""
+            out = None
+            shards, rows = columns.shard[positions], columns.row[positions]
+            for shard in np.unique(shards).tolist():
+                if shard not in maps:
+                    maps[shard] = store.read_whitened(columns.shards[shard])
+                chosen = np.flatnonzero(shards == shard)
+                block = maps[shard][rows[chosen]]
+                if out is None:
+                    out = np.empty((len(positions), *block.shape[1:]), np.float32)
+                out[chosen] = block
+            return out
 
         search = vectors.ApproximateRegions(index, parts.per_image, len(self.names), positions, read,
                                             vectors.confs["ivfpq"])
@@ -236,9 +244,7 @@ class Searcher:
         stacked = np.stack([scores for scores, _ in per_crop])
         best_crop = stacked.argmax(axis=0)
         merged = stacked.max(axis=0)
-        order = rank(merged)
-        if top is not None:
-            order = order[:top]
+        order = rank(merged, top)
         return [self._result(snap, i, float(merged[i]), per_crop[best_crop[i]][1], crops[best_crop[i]]) for i in order]
 
     def _result(self, snap: Snapshot, row: int, score: float, checks, crop: np.ndarray) -> Result:

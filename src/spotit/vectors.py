@@ -129,7 +129,7 @@ class ApproximateRegions:
     """Regions found through a faiss IVF-PQ index, the best photos re-scored from their stored regions.
 
     `positions(vids)` maps photo vids to their position in the snapshot (-1: not in it any more);
-    `read(position)` gives a photo's (per_image, D) stored regions."""
+    `read(positions)` gives those photos' (n, per_image, D) stored regions."""
 
     def __init__(self, index, per_image: int, images: int, positions, read, conf: dict):
         self.index, self.per_image, self.images = index, per_image, images
@@ -154,10 +154,10 @@ class ApproximateRegions:
         out = np.full((len(vectors), self.images), -1.0, np.float32)
         rows = self.candidates(vectors)
         if len(rows):
-            regions = np.stack([self.read(int(i)) for i in rows]).astype(np.float32)  # (n, per_image, D)
+            regions = self.read(rows)  # (n, per_image, D)
             sims = regions.reshape(-1, regions.shape[-1]) @ vectors.T  # (n * per_image, k)
             out[:, rows] = sims.reshape(len(rows), self.per_image, -1).max(axis=1).T
         return out
 
     def block(self, image: int) -> np.ndarray:
-        return np.asarray(self.read(image), np.float32).T
+        return self.read(np.array([image]))[0].T
