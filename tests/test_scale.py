@@ -107,7 +107,7 @@ def test_approximate_regions_find_what_exact_search_finds():
     add_codes(index, encode(trained, regions.reshape(-1, dims)), region_ids(vids, per_image))
     lookup = {int(v): i for i, v in enumerate(vids)}
     conf = {"probe": 16, "neighbours": 64, "rescore": 50}
-    approximate = ApproximateRegions(index, per_image, photos, lambda w: np.array([lookup.get(int(v), -1) for v in w]),
+    approximate = ApproximateRegions([index], per_image, photos, lambda w: np.array([lookup.get(int(v), -1) for v in w]),
                                      lambda rows: regions[rows], conf)
     exact = ExactRegions(regions, per_image)
     queries = regions[rng.choice(photos, 5, replace=False), 0] + 0.05 * rng.normal(size=(5, dims)).astype(np.float32)
@@ -234,3 +234,22 @@ def test_file_arrays_read_rows_slices_and_lists_as_numpy_would(tmp_path):
     assert read.shape == (5, 3, 2) and len(read) == 5
     assert np.array_equal(read[3], array[3]) and np.array_equal(read[1:4], array[1:4])
     assert np.array_equal(read[[4, 0, 2]], array[[4, 0, 2]]) and read[2:2].shape == (0, 3, 2)
+
+
+def test_shards_added_after_the_vector_base_are_searched_beside_it(demo, photo_names, tmp_path):
+    gallery = subset(demo, tmp_path / "gallery", photo_names[:16])
+    index = Index.create(tmp_path / "idx", gallery, ["hybrid"], vectors="ivfpq")
+    index.update(progress=False)
+    base = index.manifest["learned"]["base"]
+    assert (tmp_path / "idx" / base["file"]).is_file() and len(base["shards"]) == 1
+    for i in range(2):
+        shutil.copy(demo["query"], gallery / f"new-{i}.jpg")
+    index.update(progress=False)
+    assert index.manifest["learned"]["base"] == base  # 2 of 18 photos outside it: not written again
+    hits = index.search(demo["query"], top=2)
+    assert {h.id for h in hits} == {"new-0", "new-1"}
+    for i in range(4):
+        shutil.copy(demo["query"], gallery / f"more-{i}.jpg")
+    index.update(progress=False)
+    assert index.manifest["learned"]["base"]["file"] != base["file"]  # 6 of 22 outside: written again
+    assert not (tmp_path / "idx" / base["file"]).exists()

@@ -17,6 +17,7 @@ from .store import Store
 from .whitening import MAX_SAMPLES, Whitening
 
 GROWTH = 2.0  # learn again when the gallery has grown or shrunk by this factor since the last learning
+BASE_DELTA = 0.25  # write the vector index's base again when a quarter of the photos are outside it
 
 
 class Learned:
@@ -106,13 +107,42 @@ def bring_up_to_date(store: Store, conf: dict, choice: str, progress: bool = Fal
     (the caller commits)."""
     if not store.images:
         return False
+    learned = None
     if due(store, choice):
         learned, todo = learn(store, conf, choice), store.live_shards()
     else:
         todo = [shard for shard in store.live_shards() if not store.has_derived(shard)]
-        if not todo:
-            return False
-        learned = Learned.read(store)
-    for shard in tqdm(todo, desc="deriving", unit="shard", disable=not progress or len(todo) < 8):
-        learned.derive(store, shard)
-    return True
+    if todo:
+        learned = learned or Learned.read(store)
+        for shard in tqdm(todo, desc="deriving", unit="shard", disable=not progress or len(todo) < 8):
+            learned.derive(store, shard)
+    if store.learned["vectors"] == "ivfpq" and base_due(store):
+        write_base(store, learned or Learned.read(store))
+        return True
+    return bool(todo)
+
+
+def base_due(store: Store) -> bool:
+    """Whether the vector index's base file should be written again: none yet, or the shards added since
+    hold more than BASE_DELTA of the photos (searched from their own codes meanwhile)."""
+    base = store.learned.get("base")
+    if base is None:
+        return True
+    included = set(base["shards"])
+    photos = store.placements()
+    outside = sum(len(members) for shard, members in photos.items() if shard not in included)
+    return outside > BASE_DELTA * sum(len(members) for members in photos.values())
+
+
+def write_base(store: Store, learned: "Learned") -> None:
+    """Assemble every live shard's codes into one faiss index file, which searches map instead of assembling
+    (not yet committed)."""
+    import faiss
+
+    index = faiss.clone_index(learned.trained)
+    shards = store.live_shards()
+    for shard in shards:
+        vectors.add_shard(index, shard, store.read_codes(shard), learned.per_image)
+    name = f"vectors-{store.next_learned_version()}.faiss"
+    store.write_vector_base(name, faiss.serialize_index(index))
+    store.manifest["learned"] = {**store.learned, "base": {"file": name, "shards": shards}}

@@ -145,12 +145,12 @@ class Snapshot:
         parts = Learned.read(store)
         if learned["vectors"] == "exact":
             return self.exact_regions(parts.per_image), parts.whitening
-        index = parts.trained
+        base, included = store.read_vector_base()
+        delta = parts.trained  # the shards added since the base was written, assembled here
         for shard in store.placements():
-            codes = store.read_codes(shard)
-            rows = np.arange(len(codes) // parts.per_image)
-            vids = vectors.photo_vid(int(shard.removesuffix(".h5")), rows)
-            vectors.add_codes(index, codes, vectors.region_ids(vids, parts.per_image))
+            if shard not in included:
+                vectors.add_shard(delta, shard, store.read_codes(shard), parts.per_image)
+        indexes = [index for index in (base, delta) if index is not None and index.ntotal]
         columns = store.columns()
         numbers = np.array([int(shard.removesuffix(".h5")) for shard in columns.shards], np.int64)
         vids = (numbers[columns.shard] << vectors.ROW_BITS) | columns.row
@@ -177,7 +177,7 @@ class Snapshot:
                 out[chosen] = block
             return out
 
-        search = vectors.ApproximateRegions(index, parts.per_image, len(self.names), positions, read,
+        search = vectors.ApproximateRegions(indexes, parts.per_image, len(self.names), positions, read,
                                             vectors.confs["ivfpq"])
         return search, parts.whitening
 

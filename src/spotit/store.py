@@ -11,6 +11,8 @@ Layout of an index folder:
     shards/NNNNNN.cL.npy     derived: the same as faiss IVF-PQ codes, when the vector index is approximate
     learned-L.npz        the learned parts of commit L: the regions' whitening (and learned-L.faiss: the
                          trained, empty vector index); learned again only when the gallery doubles or halves
+    vectors-G.faiss      the approximate vector index of commit G's shards in one file, which searches map;
+                         written again when a quarter of the photos are in shards added since
     write.lock           held (flock) by the one process allowed to change the index
 
 Files are immutable once written: a writer adds new shards, then commits the catalogue transaction that
@@ -40,7 +42,7 @@ FORMAT = 2
 KIND = "spotit-index"
 MANIFEST = "manifest.json"  # the JSON state of spotit 0.1 and of format 1: read only to say "rebuild"
 SHARD_NAME = re.compile(r"(\d{6})\.h5")
-DERIVED_NAME = re.compile(r"(?:regions-whitened|learned)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
+DERIVED_NAME = re.compile(r"(?:regions-whitened|learned|vectors)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
 SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wsc](\d+)\.npy")
 LEGACY_DERIVED = "regions-whitened.npz"  # spotit 0.1's name
 TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.tmp")  # fileio.atomic_path's, left by a killed writer
@@ -348,7 +350,8 @@ class Store:
         if not self.learned:
             return []
         version = self.learned["version"]
-        return [f"learned-{version}.npz"] + ([f"learned-{version}.faiss"] if self.learned["vectors"] == "ivfpq" else [])
+        base = [self.learned["base"]["file"]] if self.learned.get("base") else []
+        return [f"learned-{version}.npz"] + ([f"learned-{version}.faiss"] if self.learned["vectors"] == "ivfpq" else []) + base
 
     def next_learned_version(self) -> int:
         """The version new learned parts take: the generation they will be committed with, so readers of the
@@ -377,6 +380,21 @@ class Store:
             raise SpotitError(f"learned parts {files[0]} of {self.root} are unreadable ({exc}); "
                               f"rebuild with `spotit index GALLERY --rebuild`") from None
         return arrays, index
+
+    def write_vector_base(self, name: str, index_bytes: np.ndarray) -> None:
+        atomic_write_bytes(self.root / name, index_bytes.tobytes())
+
+    def read_vector_base(self):
+        """The vector index's base file, mapped (searches read only the cells they probe), or None."""
+        base = self.learned.get("base")
+        if not base:
+            return None, set()
+        import faiss
+
+        path = self.root / base["file"]
+        if not path.is_file():
+            raise self._gone_or(path, FileNotFoundError(path))
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY), set(base["shards"])
 
     def derived_path(self, shard: str, kind: str, version: int | None = None) -> Path:
         """A shard's derived file of learned `version`: kind "w" and "s" (whitened regions: codes, scales) or

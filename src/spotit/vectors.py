@@ -70,9 +70,15 @@ def encode(trained, vectors: np.ndarray) -> np.ndarray:
 
 
 def add_codes(index, codes: np.ndarray, ids: np.ndarray) -> None:
-    """Add a shard's `encode`d regions to `index` (a copy of the trained one) under their faiss `ids`."""
+    """Add `encode`d regions to `index` (a copy of the trained one) under their faiss `ids`."""
     if len(codes):
         index.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(ids, np.int64))
+
+
+def add_shard(index, shard: str, codes: np.ndarray, per_image: int) -> None:
+    """Add one shard's codes (all its rows, `per_image` regions each) under the ids its rows fix."""
+    rows = np.arange(len(codes) // per_image)
+    add_codes(index, codes, region_ids(photo_vid(int(shard.removesuffix(".h5")), rows), per_image))
 
 
 def quantise(whitened: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,20 +132,22 @@ class ExactRegions:
 
 
 class ApproximateRegions:
-    """Regions found through a faiss IVF-PQ index, the best photos re-scored from their stored regions.
+    """Regions found through faiss IVF-PQ indexes (a mapped base file, and the shards added since), the best
+    photos re-scored from their stored regions.
 
     `positions(vids)` maps photo vids to their position in the snapshot (-1: not in it any more);
     `read(positions)` gives those photos' (n, per_image, D) stored regions."""
 
-    def __init__(self, index, per_image: int, images: int, positions, read, conf: dict):
-        self.index, self.per_image, self.images = index, per_image, images
+    def __init__(self, indexes: list, per_image: int, images: int, positions, read, conf: dict):
+        self.indexes, self.per_image, self.images = indexes, per_image, images
         self.positions, self.read, self.conf = positions, read, conf
-        index.nprobe = conf["probe"]
+        for index in indexes:
+            index.nprobe = conf["probe"]
 
     def candidates(self, vectors: np.ndarray) -> np.ndarray:
         """Positions of the photos holding the regions nearest to any of `vectors`, best first."""
-        sims, ids = self.index.search(np.ascontiguousarray(vectors, np.float32), self.conf["neighbours"])
-        sims, ids = sims.ravel(), ids.ravel()
+        found = [index.search(np.ascontiguousarray(vectors, np.float32), self.conf["neighbours"]) for index in self.indexes]
+        sims, ids = np.concatenate([f[0].ravel() for f in found]), np.concatenate([f[1].ravel() for f in found])
         found = ids >= 0
         positions = self.positions(ids[found] // ID_STRIDE)
         sims = sims[found][positions >= 0]
