@@ -145,8 +145,9 @@ def build(root, images: int, index_dir=None, vectors: str = "auto", seed: int = 
     if images <= len(base_store.images):
         raise SpotitError(f"--images {images} must exceed the {len(base_store.images)} photos of {dataset.name}'s gallery")
     path = Path(index_dir or scale_index_dir(dataset, images, vectors)).absolute()
-    made = {"base": str(base_store.root), "base_generation": base_store.manifest["generation"], "images": images,
-            "seed": seed, "vectors": vectors}
+    # what the scale index was made from: the base's shards and learned parts (a no-op update commits too)
+    made = {"base": str(base_store.root), "base_shards": base_store.manifest["next_shard"],
+            "base_learned": (base_store.learned or {}).get("version"), "images": images, "seed": seed, "vectors": vectors}
     if Store.exists(path):
         try:
             if Store.open(path).manifest.get("scale") == made:
