@@ -415,7 +415,9 @@ class Store:
             atomic_write_bytes(self.derived_path(shard, kind, version), buffer.getvalue())
 
     def has_derived(self, shard: str) -> bool:
-        return self.derived_path(shard, "w").is_file()
+        """Whether every derived file of a shard that the learned parts in use call for is there."""
+        kinds = "wsc" if self.learned["vectors"] == "ivfpq" else "ws"
+        return all(self.derived_path(shard, kind).is_file() for kind in kinds)
 
     def read_whitened(self, shard: str) -> vectors.QuantisedRows:
         """A shard's whitened regions (rows, per_image, D), read from the file row by row."""
