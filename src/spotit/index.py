@@ -153,6 +153,7 @@ class Index:
             if self._snapshot is None or self._snapshot.store.changed():
                 self._take(self.store if not self.store.changed() else self.store.reload())
                 self._snapshot = Snapshot(self.store)
+                self._snapshot.prepare()
             return self._snapshot
 
     def _require(self, method: str, snap: Snapshot) -> None:
