@@ -176,7 +176,10 @@ class Snapshot:
                 if shard not in maps:
                     maps[shard] = store.read_whitened(columns.shards[shard])
                 chosen = np.flatnonzero(shards == shard)
-                block = maps[shard][rows[chosen]]
+                try:
+                    block = maps[shard][rows[chosen]]
+                except FileNotFoundError as exc:  # removed by a later commit: the search retries on it
+                    raise store._gone_or(store.derived_path(columns.shards[shard], "w"), exc) from None
                 if out is None:
                     out = np.empty((len(positions), *block.shape[1:]), np.float32)
                 out[chosen] = block

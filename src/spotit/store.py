@@ -503,4 +503,7 @@ class LocalReader:
         offsets, slots, keypoints, descriptors = self._shards[entry["shard"]]
         row = entry["row"] if slots is None else slots[entry["row"]]
         a, b = offsets[row], offsets[row + 1]
-        return LocalFeatures(np.asarray(keypoints[a:b]), np.asarray(descriptors[a:b]))
+        try:
+            return LocalFeatures(np.asarray(keypoints[a:b]), np.asarray(descriptors[a:b]))
+        except FileNotFoundError as exc:  # removed by a later commit: the search retries on it
+            raise self.store._gone_or(self.store.shard_dir / entry["shard"], exc) from None
