@@ -160,6 +160,21 @@ def write_markdown(results: dict) -> None:
         for r in json.loads(compression.read_text()):
             lines.append(f"| {r['set']} | {r['keypoints']} ({r['mean_keypoints']:.0f}) | {r['bits']} | "
                          f"{r['kib_per_photo']:.1f} | {r['map']:.4f} | {fmt(r['ns'])} |")
+    serve = HERE / "serve.json"
+    if serve.is_file():
+        r = json.loads(serve.read_text())
+        lines += ["", "## `spotit serve` under load", "",
+                  f"`python benchmarks/serve.py`: {r['set']}'s boxed queries, hybrid, top 10, sent over HTTP to a `spotit serve`",
+                  f"process on 127.0.0.1 ({r['photos']} photos); {r['new_photos']} photos were added to its gallery and an update",
+                  "started through `POST /api/index` after 30 searches, so part of the run shares the cores with indexing.",
+                  f"Measured on {r['machine']}, {r['date']}.", "",
+                  "| run | searches | clients | errors | p50 s | p95 s | searches/s | update s | searches during the update |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label, run_ in (("one client alone", r["alone"]), ("clients at once", r["busy"]),
+                            ("clients at once, update started after 30", r["loaded"])):
+            lines.append(f"| {label} | {run_['ok']} | {run_['clients']} | {run_['errors']} | {fmt(run_['p50_s'])} | "
+                         f"{fmt(run_['p95_s'])} | {fmt(run_['throughput_per_s'], 2)} | {fmt(run_.get('update_s'), 1)} | "
+                         f"{run_.get('searches_during_update', '')} |")
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

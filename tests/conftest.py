@@ -1,5 +1,6 @@
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,45 @@ def edit_state(index_dir, edit):
     state = catalogue.state()
     edit(state)
     catalogue.commit(state, Images())
+
+
+@pytest.fixture
+def serve():
+    """Runs an ASGI app on a real uvicorn server on 127.0.0.1 in a thread: serve(app) -> its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    running = []
+
+    def start(app) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        for _ in range(300):
+            if server.started:
+                return f"http://127.0.0.1:{sock.getsockname()[1]}"
+            time.sleep(0.05)
+        raise RuntimeError("the test server did not start")
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def served_copy(demo_index, demo, tmp_path):
+    """A private copy of the demo index and gallery (a test may update it), re-pointed to the copy."""
+    from spotit import Index
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(demo["gallery"], gallery)
+    index_dir = tmp_path / "index"
+    shutil.copytree(demo_index.store.root, index_dir, ignore=shutil.ignore_patterns("write.lock"))
+    return Index.open_or_create(index_dir, gallery, demo_index.methods_built, moved=True)

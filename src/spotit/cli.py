@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -59,24 +60,22 @@ def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
                         help=f"refuse images larger than N pixels before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} must lie between 0 and 1")
-    return value
+def number_type(parse, what: str, low, high=None):
+    """An argparse type: a value read by `parse`, at least `low` and at most `high` (None: no upper bound)."""
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} must be " + (f"at least {low}" if high is None else f"between {low} and {high}"))
+        return value
+    return check
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+fraction = number_type(float, "a number", 0, 1)
+positive_int = number_type(lambda text: int(text.replace("_", "").replace(",", "")), "a whole number", 1)
+port_number = number_type(int, "a port number", 0, 65535)
 
 
 # ---- spotit index ----------------------------------------------------------------------------------
@@ -246,6 +245,59 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ---- spotit serve ----------------------------------------------------------------------------------
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (port 0: any free one), or a one-line error saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SpotitError(f"cannot listen on {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SpotitError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .app import Service, create_app
+    from .app.guard import LOOPBACK_HOSTS
+
+    token = args.token or os.environ.get("SPOTIT_TOKEN") or None
+    loopback = args.host in LOOPBACK_HOSTS
+    if token and args.no_auth:
+        raise SpotitError("give either --token (or $SPOTIT_TOKEN) or --no-auth, not both")
+    if not loopback and not token and not args.no_auth:
+        raise SpotitError(f"--host {args.host} lets other machines reach the index: give --token T (or set "
+                          "$SPOTIT_TOKEN) so that every request must carry it, or --no-auth to serve it to anyone")
+    index = Index.open(args.index, args.weights)
+    service = Service(index, args.max_pixels)
+    sock = listening_socket(args.host, args.port)
+    service.warm_up()
+    app = create_app(service, token, args.max_upload_mb * 2**20, loopback_only=loopback and not token)
+    port = sock.getsockname()[1]
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    say(f"spotit serves {index.store.root} ({len(index)} photos of {index.gallery}) at {url}")
+    say(f"  API: http://{shown}:{port}/docs   Ctrl-C stops it")
+    config = uvicorn.Config(app, log_level="warning" if args.quiet else "info", access_log=not args.quiet,
+                            timeout_graceful_shutdown=10)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes the Ctrl-C or SIGTERM on
+        pass
+    say("spotit serve stopped")
+    return 0
+
+
 # ---- spotit eval / bench ---------------------------------------------------------------------------
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, format_result
@@ -297,6 +349,15 @@ at a time per index: a second is refused (or waits with --wait); searches go on 
   spotit search --queries query/ --boxes query_txt/ --ranklist rankList.txt   # batch: the assignment's layout""",
     "demo": """example:
   spotit demo --out spotit-demo     # gallery, query, index and demo-grid.png in ./spotit-demo""",
+    "serve": """examples:
+  spotit serve                                     # the default index at http://127.0.0.1:8000/
+  spotit serve --index ~/idx --port 8080
+  spotit serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"   # reachable from other machines, with a token
+  curl -F image=@mug.jpg -F boxes='[[120,80,200,160]]' -F top=5 http://127.0.0.1:8000/api/search
+
+The page at / lets you pick, drop or paste a query photo, draw boxes on it and see the matches with the
+object outlined; /docs documents the HTTP API. One process loads the index and the model once and serves
+searches concurrently, also while an update (started from the page or `POST /api/index`) runs.""",
     "eval": """examples:
   spotit eval ../shared/datasets/holidays-dev --method hybrid
   spotit eval path/to/set --method sift --max-queries 30 --json""",
@@ -380,6 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the demo gallery")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = subcommand(sub, "serve", "search from a browser, and over HTTP",
+                   "Serve an index: a web page to search it by drawing boxes on a query photo, and a JSON API "
+                   "(documented at /docs). Binds to 127.0.0.1 unless told otherwise; any other host needs a token.",
+                   cmd_serve)
+    add_index_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=port_number, default=8000, help="port to listen on (default: 8000; 0: any free port)")
+    p.add_argument("--token", help="every request must carry this token (header 'Authorization: Bearer T', or open "
+                                   "the page once with ?token=T); default: $SPOTIT_TOKEN. Required with another --host")
+    p.add_argument("--no-auth", action="store_true", help="serve another --host without a token: anyone who reaches it may search")
+    p.add_argument("--max-upload-mb", type=positive_int, default=25, metavar="MB",
+                   help="refuse uploads larger than this with 413 (default: 25)")
+    p.add_argument("--weights", type=Path, help="backbone weights, if the index was built with --weights")
+    add_max_pixels_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no log line per request")
 
     p = subcommand(sub, "eval", "measure quality and speed on a benchmark set",
                    "Index a benchmark set (cached), run every query and print mAP, precision, N-S and speed.", cmd_eval)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import struct
@@ -138,7 +139,15 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     are refused from their header, before decoding.
     """
     with _open_regular(path) as file:
-        array = _decode(file, path, max_pixels)
+        return _big_enough(_decode(file, path, max_pixels), path)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """load_image for a file's bytes (an upload): RGB uint8, upright; `name` only appears in errors."""
+    return _big_enough(_decode(io.BytesIO(data), name, max_pixels), name)
+
+
+def _big_enough(array: np.ndarray, path) -> np.ndarray:
     if array.shape[0] < 8 or array.shape[1] < 8:
         raise ImageError(f"{path}: image too small ({array.shape[1]}x{array.shape[0]})")
     return array
@@ -234,7 +243,7 @@ def _pillow_to_rgb(img: Image.Image) -> np.ndarray:
 def _decode_with_opencv(file: BinaryIO, max_pixels: int | None) -> np.ndarray | None:
     """RGB uint8 decoded by OpenCV, or None if it cannot either."""
     # an image within the limit cannot take more than 32 bytes a pixel (4 channels of float64)
-    size = os.fstat(file.fileno()).st_size
+    size = file.seek(0, os.SEEK_END)
     if max_pixels is not None and size > max_pixels * 32 + (1 << 24):
         return None
     file.seek(0)

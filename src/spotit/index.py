@@ -131,9 +131,11 @@ class Index:
 
     # ---- updating ------------------------------------------------------------------------------
     def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None, wait: bool = False,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> UpdateReport:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, on_progress=None) -> UpdateReport:
         """Extract features of new and changed gallery images, drop vanished ones.
 
+        `on_progress(done, total)` follows the extraction; an exception it raises stops the update
+        (finished photos are committed) and propagates.
         Finished work is committed every `shard_size` images and when interrupted, so an interrupted
         update keeps it and resumes there. Another running update is refused, or awaited with `wait`."""
         with WriterLock(self.store.root).acquire(wait):
@@ -141,7 +143,7 @@ class Index:
                 self._take(self.store.reload())
             writer = self.store.reload()  # the writer's own copy: searches in this process never see it half-done
             try:
-                return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers)
+                return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers, on_progress)
             finally:
                 with self._swap:
                     self._take(self.store.reload())

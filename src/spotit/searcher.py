@@ -56,7 +56,7 @@ class Result:
             out["inliers"] = self.inliers
         if self.quad is not None:
             out["box"] = list(self.box)
-            out["quad"] = np.round(self.quad, 1).tolist()
+            out["quad"] = np.round(self.quad.astype(np.float64), 1).tolist()
         if self.stale:
             out["stale"] = self.stale
         return out

@@ -120,7 +120,10 @@ class Updater:
         self.store.commit()
         self.done.clear()
 
-    def run(self, progress: bool = True, shard_size: int = 256, workers: int | None = None) -> UpdateReport:
+    def run(self, progress: bool = True, shard_size: int = 256, workers: int | None = None,
+            on_progress=None) -> UpdateReport:
+        """`on_progress(done, total)` is called as photos finish; an exception it raises stops the update
+        as Ctrl-C does, committing every finished photo first."""
         report = UpdateReport()
         manifest = self.store.manifest
         new, changed, gone, report.skipped = plan(self.store, self.gallery)
@@ -138,10 +141,14 @@ class Updater:
         started = time.perf_counter()
         workers = workers or min(2, os.cpu_count() or 1)
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
+        if on_progress is not None:
+            on_progress(0, len(todo))
         try:
             with self.features.worker_threads(workers), ThreadPoolExecutor(workers) as pool:
-                for name, stamp, result in ordered_map(pool, self._load_and_extract, todo, 2 * workers):
+                for done, (name, stamp, result) in enumerate(ordered_map(pool, self._load_and_extract, todo, 2 * workers), 1):
                     bar.update()
+                    if on_progress is not None:
+                        on_progress(done, len(todo))
                     if stamp is None:
                         report.skipped.append((name, result))
                         continue
@@ -166,6 +173,7 @@ class Updater:
         if "regions" in kinds_of(manifest["methods"]):
             bring_up_to_date(self.store, manifest["feature_settings"]["regions"], manifest.get("vectors", "auto"),
                              progress)
+        manifest["updated"] = time.time()
         self.store.commit()
         self.store.remove_unused()
         return report

@@ -1,0 +1,110 @@
+"""What every request to `spotit serve` must pass before a route sees it: the token, the Host, the body size.
+
+A plain ASGI middleware, so it also guards the static files and the OpenAPI page."""
+
+from __future__ import annotations
+
+import hmac
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urlencode
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, RedirectResponse
+
+COOKIE = "spotit_token"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def host_name(host_header: str) -> str:
+    """'example.org:8000' -> 'example.org'; '[::1]:8000' -> '::1'."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+class Guard:
+    """Refuses a request without the token (when there is one), with a foreign Host when the server answers
+    on loopback without a token (a web page elsewhere must not reach it by DNS rebinding), or with a body over
+    `max_body` bytes (413, before the route reads it)."""
+
+    def __init__(self, app, token: str | None, max_body: int, loopback_only: bool):
+        self.app, self.token, self.max_body, self.loopback_only = app, token, max_body, loopback_only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if self.token and "token" in query and scope["method"] == "GET":
+            # a link with ?token=...: keep it in a cookie and take it out of the address bar and history
+            rest = urlencode({k: v for k, v in query.items() if k != "token"}, doseq=True)
+            response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._too_large(scope, receive, send)
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body = bytearray()
+            while True:  # counted as it arrives: a chunked body has no length to trust
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > self.max_body:
+                    return await self._too_large(scope, receive, send)
+                if not message.get("more_body", False):
+                    break
+            receive = _replay(bytes(body), receive)
+        return await self.app(scope, receive, send)
+
+    def _refusal(self, scope, headers: Headers):
+        if self.token is None:
+            if self.loopback_only and host_name(headers.get("host", "")) not in LOOPBACK_HOSTS:
+                return JSONResponse({"detail": "this server answers requests addressed to localhost only"}, 403)
+            return None
+        if not self._authorised(scope, headers):
+            return JSONResponse({"detail": "a valid token is needed: open the address with ?token=TOKEN, or send "
+                                           "the header 'Authorization: Bearer TOKEN'"}, 401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    def _authorised(self, scope, headers: Headers) -> bool:
+        offered = []
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            offered.append(value.strip())
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except Exception:  # a malformed cookie header is no token
+            pass
+        if COOKIE in cookie:
+            offered.append(cookie[COOKIE].value)
+        offered += parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        expected = self.token.encode()
+        return any(hmac.compare_digest(token.encode(), expected) for token in offered)
+
+    async def _too_large(self, scope, receive, send):
+        megabytes = self.max_body / 2**20
+        response = JSONResponse({"detail": f"the upload is larger than the limit of {megabytes:g} MB "
+                                           "(`spotit serve --max-upload-mb` changes it)"}, 413,
+                                headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that gives the buffered body first, then whatever the connection says next."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

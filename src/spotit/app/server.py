@@ -1,0 +1,139 @@
+"""The routes of `spotit serve`: the web page at `/`, the JSON API under `/api`, its OpenAPI page at `/docs`.
+
+Every asset is served from the installed package, so the page and the docs work offline."""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from urllib.parse import quote
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+
+from .. import __version__
+from ..errors import SpotitError
+from ..images import ImageError
+from .guard import Guard
+from .service import Busy, NotFound, Service
+
+STATIC = files("spotit.app") / "static"
+MAX_TOP = 1000
+DEFAULT_MAX_UPLOAD = 25 * 2**20
+
+
+def parse_boxes(text: str | None) -> list[list[float]]:
+    """The `boxes` form field, JSON `[[x, y, w, h], ...]`, checked; HTTPException 422 with the reason."""
+    if text is None or not text.strip():
+        return []
+    try:
+        boxes = json.loads(text)
+    except ValueError as exc:
+        raise HTTPException(422, f"boxes is not JSON ({exc}); send [[x, y, w, h], ...] in the photo's pixels")
+    if not isinstance(boxes, list):
+        raise HTTPException(422, "boxes must be a list of [x, y, w, h] boxes, e.g. [[120, 80, 200, 160]]")
+    for i, box in enumerate(boxes, 1):
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            raise HTTPException(422, f"box {i} is {json.dumps(box)}: each box must be four numbers [x, y, w, h]")
+        if box[2] <= 0 or box[3] <= 0:
+            raise HTTPException(422, f"box {i} is {json.dumps(box)}: its width and height must be above 0")
+    return boxes
+
+
+def photo_urls(photo_id: str) -> dict:
+    path = quote(photo_id, safe="/")
+    return {"thumbnail_url": f"/api/thumbnails/{path}", "image_url": f"/api/images/{path}"}
+
+
+def create_app(service: Service, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
+               loopback_only: bool = True) -> FastAPI:
+    """The ASGI app serving `service`. With `token`, every request must carry it; without one and with
+    `loopback_only`, only requests addressed to localhost are answered. Bodies over `max_upload` bytes get 413."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.update.stop()  # commits the photos it finished
+
+    app = FastAPI(title="spotit", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
+                  description="Instance search: the gallery photos that show the object in a query photo, best "
+                              "first, with where it lies in each. The web page is at `/`.")
+    app.add_middleware(Guard, token=token, max_body=max_upload, loopback_only=loopback_only)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.exception_handler(SpotitError)
+    async def spotit_error(request: Request, exc: SpotitError):
+        status = 400 if isinstance(exc, ImageError) else 404 if isinstance(exc, NotFound) else \
+            409 if isinstance(exc, Busy) else 422
+        return JSONResponse({"detail": str(exc)}, status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        reasons = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(reasons)}, 422)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="spotit API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/icon.svg")
+
+    @app.post("/api/search", summary="Rank the gallery for a query photo",
+              description="Multipart form: the query photo in `image` (EXIF orientation honoured), and optionally "
+                          "`boxes` (JSON `[[x, y, w, h], ...]` in the upright photo's pixels; several boxes mean "
+                          "several instances), `top` and `method`. Returns what `spotit search --json` prints; each "
+                          "result also has `width`, `height` and the URLs of its thumbnail and photo. A verified "
+                          "result's `box` and `quad` say where the object lies in that photo.")
+    def search(image: UploadFile = File(description="the query photo"),
+               boxes: str | None = Form(None, description="JSON [[x, y, w, h], ...]; none: the whole photo"),
+               top: int = Form(10, ge=1, le=MAX_TOP, description="how many results"),
+               method: str | None = Form(None, description="hybrid, regional, cnn or sift (default: the index's)")):
+        parsed = parse_boxes(boxes)
+        answer = service.search(image.file.read(), image.filename or "upload", parsed, method or None, top)
+        for result in answer["results"]:
+            result.update(photo_urls(result["id"]))
+        return answer
+
+    def photo_response(request: Request, photo_id: str, max_side: int | None) -> Response:
+        data, etag = service.photo(photo_id, max_side)
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/images/{photo_id:path}", summary="A gallery photo, upright (JPEG)",
+             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such photo"}})
+    def image(request: Request, photo_id: str):
+        return photo_response(request, photo_id, None)
+
+    @app.get("/api/thumbnails/{photo_id:path}", summary="A gallery photo's thumbnail, upright (JPEG)",
+             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such photo"}})
+    def thumbnail(request: Request, photo_id: str,
+                  size: int = Query(256, ge=16, le=1024, description="longer side in pixels")):
+        return photo_response(request, photo_id, size)
+
+    @app.get("/api/status", summary="What the index holds, and the progress of a running update")
+    def status():
+        return service.status()
+
+    @app.post("/api/index", status_code=202, summary="Start updating the index from its gallery",
+              description="Extracts new and changed photos and drops deleted ones, in the background; searches go "
+                          "on meanwhile. Its progress shows in `/api/status`. 409 while an update runs.")
+    def update():
+        service.update.start()
+        return service.status()
+
+    return app
