@@ -175,6 +175,20 @@ def write_markdown(results: dict) -> None:
             lines.append(f"| {label} | {run_['ok']} | {run_['clients']} | {run_['errors']} | {fmt(run_['p50_s'])} | "
                          f"{fmt(run_['p95_s'])} | {fmt(run_['throughput_per_s'], 2)} | {fmt(run_.get('update_s'), 1)} | "
                          f"{run_.get('searches_during_update', '')} |")
+    cluster = HERE / "cluster.json"
+    if cluster.is_file():
+        r = json.loads(cluster.read_text())
+        lines += ["", "## Beyond one machine: Ray and Milvus Lite on this machine", "",
+                  f"`python benchmarks/cluster.py`: {r['set']} ({r['photos']} photos), measured on {r['machine']}, {r['date']}.",
+                  "Indexing: each a fresh `spotit index` process; images/s as spotit reports it (extraction), wall time",
+                  "of the whole command (Ray's start included). Queries: `spotit eval` with the hybrid method on the same",
+                  "features, the shortlist in faiss (exact, in memory) or in a Milvus Lite file (exact, FLAT).", "",
+                  "| indexing | images/s | wall s |", "|---|---|---|"]
+        for label, key in (("local threads (2 workers)", "threads"), ("Ray Data, local cluster (2 workers)", "ray")):
+            lines.append(f"| {label} | {r[key]['images_per_s']:.1f} | {r[key]['wall_s']:.0f} |")
+        lines += ["", "| shortlist | mAP | query median s | query p95 s |", "|---|---|---|---|"]
+        for label, key in (("faiss (exact)", "faiss"), ("Milvus Lite (FLAT)", "milvus_lite")):
+            lines.append(f"| {label} | {r[key]['map']:.4f} | {r[key]['query_s_median']:.3f} | {fmt(r[key].get('query_s_p95'))} |")
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

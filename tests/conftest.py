@@ -75,6 +75,31 @@ def edit_state(index_dir, edit):
     catalogue.commit(state, Images())
 
 
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def dev_index(tmp_path_factory):
+    """dev_index(name) -> (dataset, its hybrid index), built once per session; skips where the set is absent."""
+    from spotit import Index
+    from spotit.datasets import load_dataset
+
+    built = {}
+
+    def get(name: str):
+        root = SHARED_DATASETS / name
+        if not root.is_dir():
+            pytest.skip(f"{root} is absent")
+        if name not in built:
+            dataset = load_dataset(root)
+            index = Index.create(tmp_path_factory.mktemp(name) / "index", dataset.gallery, ["hybrid"])
+            index.update(progress=False)
+            built[name] = dataset, index
+        return built[name]
+
+    return get
+
+
 @pytest.fixture
 def serve():
     """Runs an ASGI app on a real uvicorn server on 127.0.0.1 in a thread: serve(app) -> its base URL."""

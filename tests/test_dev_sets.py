@@ -2,16 +2,11 @@
 result whose located box is degenerate. Figures (mAP, speed) live in benchmarks/, not here."""
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from spotit import Index
-from spotit.datasets import load_dataset
-
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 DEV_SETS = ["clutter-hard-dev", "holidays-dev", "ukbench-dev"]
 
 
@@ -43,13 +38,8 @@ def test_degenerate_recognises_slivers_bow_ties_and_quads_outside():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DEV_SETS)
-def test_no_dev_query_has_a_degenerate_box_in_its_top_10(name, tmp_path_factory):
-    root = SHARED_DATASETS / name
-    if not root.is_dir():
-        pytest.skip(f"{root} is absent")
-    dataset = load_dataset(root)
-    index = Index.create(tmp_path_factory.mktemp(name) / "index", dataset.gallery, ["hybrid"])
-    index.update(progress=False)
+def test_no_dev_query_has_a_degenerate_box_in_its_top_10(name, dev_index):
+    dataset, index = dev_index(name)
     bad = []
     for query in dataset.queries:
         for hit in index.search(query.path, query.boxes, top=10):

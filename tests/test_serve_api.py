@@ -85,11 +85,17 @@ def test_exif_orientation_of_the_query_is_honoured(api, demo, tmp_path):
     ('[[1, 2, "a", 4]]', "four numbers"),
     ("[[1, 2, 0, 4]]", "above 0"),
     ("[[10000, 10000, 50, 50]]", "outside"),
+    (json.dumps([[1, 1, 5, 5]] * 21), "at most 20"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_bad_boxes_get_422_with_the_reason(api, demo, boxes, reason):
     response = search(api, demo["query"].read_bytes(), boxes)
     assert response.status_code == 422
     assert reason in response.json()["detail"]
+
+
+def test_the_method_name_is_not_case_sensitive(api, demo):
+    assert search(api, demo["query"].read_bytes(), None, top=2, method=" HYBRID").json()["method"] == "hybrid"
 
 
 @pytest.mark.parametrize("fields, reason", [
@@ -191,6 +197,8 @@ def test_a_symlink_in_the_gallery_pointing_outside_is_not_served(served_copy, tm
     served_copy.update(progress=False)
     assert "link" in served_copy.snapshot().ids  # indexed: its features are the gallery's business
     with client_for(served_copy) as client:
+        hits = search(client, secret.read_bytes(), top=1).json()["results"]
+        assert hits[0]["id"] == "link" and hits[0]["image_url"] is None and "outside the gallery" in hits[0]["unavailable"]
         for route in ("images", "thumbnails"):
             response = client.get(f"/api/{route}/link")
             assert response.status_code == 404 and "outside the gallery" in response.json()["detail"]
@@ -250,7 +258,9 @@ def test_the_page_and_the_docs_use_only_local_assets(api):
         assert response.status_code == 200 and b"cdn." not in response.content[:100_000], asset
     for text in (page.text, api.get("/docs").text):
         assert "https://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "http://" not in text
+    assert api.head("/").status_code == 200
     schema = api.get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.0")  # what the offline swagger-ui reads
     assert {"/api/search", "/api/status", "/api/index", "/api/images/{photo_id}",
             "/api/thumbnails/{photo_id}"} <= set(schema["paths"])
 
@@ -268,6 +278,27 @@ def test_a_token_is_checked_on_every_request(demo_index, demo):
         assert client.get("/api/status").status_code == 200  # the cookie now carries it
         client.cookies.clear()
         assert client.get("/api/status?token=wrong").status_code == 401
+
+
+def test_changes_sent_from_another_sites_page_are_refused(api, demo):
+    for response in (api.post("/api/index", headers={"Origin": "http://evil.example"}),
+                     api.post("/api/search", headers={"Origin": "http://127.0.0.1:9"},
+                              files={"image": ("q.jpg", demo["query"].read_bytes())})):
+        assert response.status_code == 403 and "refused" in response.json()["detail"]
+    same = search(api, demo["query"].read_bytes(), None, top=1)  # TestClient sends no Origin, as curl
+    assert same.status_code == 200
+    own_page = api.post("/api/search", headers={"Origin": LOCAL}, files={"image": ("q.jpg", demo["query"].read_bytes())})
+    assert own_page.status_code == 200
+
+
+def test_the_token_is_kept_out_of_the_access_log():
+    import logging
+
+    from spotit.app.guard import RedactToken
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", "/?token=s3cret&x=1", "1.1", 303), None)
+    assert RedactToken().filter(record) and "s3cret" not in record.getMessage() and "x=1" in record.getMessage()
 
 
 def test_without_a_token_only_requests_to_localhost_are_answered(demo_index):

@@ -105,6 +105,10 @@ def test_draw_a_box_search_and_see_the_object_outlined(browser, serve, demo_inde
     page.keyboard.press("Escape")
     assert not viewer.is_visible()
 
+    # the API's documentation renders from local assets
+    page.goto(base + "/docs")
+    page.get_by_text("/api/search").first.wait_for()
+
     assert all(url.startswith(base) or url.startswith("blob:") for url in requests), requests
     assert not console_errors, console_errors
 

@@ -61,3 +61,17 @@ def test_a_slow_client_does_not_block_the_others(serve, demo_index, demo):
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_an_upload_that_stalls_is_answered_408_and_dropped(serve, demo_index, monkeypatch):
+    import socket
+    from urllib.parse import urlsplit
+
+    from spotit.app import guard
+
+    monkeypatch.setattr(guard, "BODY_IDLE_S", 1)
+    address = urlsplit(serve(create_app(Service(demo_index))))
+    with socket.create_connection((address.hostname, address.port), timeout=20) as sock:
+        sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\npartial")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408")

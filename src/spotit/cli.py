@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from .errors import SpotitError
 from .fileio import check_output_dir, check_output_file
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
 from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods
+from .cluster.milvus import TOKEN_ENV as MILVUS_TOKEN_ENV
 from .ranking import format_name, ranklist_line, write_ranklist
 
 
@@ -81,10 +83,12 @@ port_number = number_type(int, "a port number", 0, 65535)
 # ---- spotit index ----------------------------------------------------------------------------------
 def cmd_index(args) -> int:
     index_dir = check_output_dir(args.index or default_index_dir(), "index folder")
+    if args.milvus_token:
+        os.environ[MILVUS_TOKEN_ENV] = args.milvus_token
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
                                  rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors)
     try:
-        report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels)
+        report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels, ray=args.ray)
     except KeyboardInterrupt:
         saved = len(Index.open(index.store.root))
         eprint(f"interrupted: {saved} images are saved in {index.store.root}; run the same command to resume")
@@ -93,6 +97,8 @@ def cmd_index(args) -> int:
     say(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
     if report.processed:
         say(f"  {report.images_per_s:.1f} images/s")
+    for note in report.notes:
+        say(f"  note: {note}")
     if report.skipped:
         say(f"  skipped {len(report.skipped)} file(s):")
         for name, reason in sorted(report.skipped):
@@ -269,7 +275,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .app import Service, create_app
-    from .app.guard import LOOPBACK_HOSTS
+    from .app.guard import LOOPBACK_HOSTS, RedactToken
 
     token = args.token or os.environ.get("SPOTIT_TOKEN") or None
     loopback = args.host in LOOPBACK_HOSTS
@@ -284,12 +290,13 @@ def cmd_serve(args) -> int:
     service.warm_up()
     app = create_app(service, token, args.max_upload_mb * 2**20, loopback_only=loopback and not token)
     port = sock.getsockname()[1]
-    shown = f"[{args.host}]" if ":" in args.host else args.host
+    shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     say(f"spotit serves {index.store.root} ({len(index)} photos of {index.gallery}) at {url}")
     say(f"  API: http://{shown}:{port}/docs   Ctrl-C stops it")
     config = uvicorn.Config(app, log_level="warning" if args.quiet else "info", access_log=not args.quiet,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=5)
+    logging.getLogger("uvicorn.access").addFilter(RedactToken())
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes the Ctrl-C or SIGTERM on
@@ -405,10 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the gallery folder was moved or renamed to GALLERY: re-point the index to it, keeping the "
                         "features of photos whose size and time are unchanged")
     p.add_argument("--wait", action="store_true", help="if another update of this index is running, wait for it instead of stopping")
-    p.add_argument("--vectors", choices=vectors.CHOICES,
-                   help="the region shortlist's vector index: exact (every region in memory), ivfpq (faiss IVF with "
-                        f"PQ codes, best candidates re-scored exactly) or auto: exact up to {vectors.AUTO_EXACT_PHOTOS:,} "
-                        "photos (the default; a changed choice is kept and made by this update)")
+    p.add_argument("--vectors", metavar="KIND_OR_URI",
+                   help="where the region shortlist searches: faiss, inside the index (the default), as auto (exact up to "
+                        f"{vectors.AUTO_EXACT_PHOTOS:,} photos, then ivfpq), exact (every region in memory) or ivfpq (IVF "
+                        "with PQ codes, best candidates re-scored exactly); or Milvus: a Milvus Lite file (PATH.db, one "
+                        "process at a time) or a server (http://host:19530). Recorded in the index: searches and "
+                        "`spotit serve` need no flag. Milvus needs pip install 'spotit[cluster]'")
+    p.add_argument("--milvus-token", metavar="TOKEN",
+                   help=f"token of a Milvus server (default: ${MILVUS_TOKEN_ENV}; searches read it from there, never from the index)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="extract on a Ray cluster (Ray Data): its ADDRESS (ray://host:10001 or auto), or none for a local "
+                        "one with a worker per core; without Ray installed, local threads")
     add_max_pixels_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -453,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the page once with ?token=T); default: $SPOTIT_TOKEN. Required with another --host")
     p.add_argument("--no-auth", action="store_true", help="serve another --host without a token: anyone who reaches it may search")
     p.add_argument("--max-upload-mb", type=positive_int, default=25, metavar="MB",
-                   help="refuse uploads larger than this with 413 (default: 25)")
+                   help="refuse uploads larger than this many MiB with 413 (default: 25)")
     p.add_argument("--weights", type=Path, help="backbone weights, if the index was built with --weights")
     add_max_pixels_arg(p)
     p.add_argument("--quiet", action="store_true", help="no log line per request")

@@ -8,6 +8,8 @@ version, every shard is derived again with them, and one commit switches to them
 
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 from tqdm import tqdm
 
@@ -21,10 +23,12 @@ BASE_DELTA = 0.25  # write the vector index's base again when a quarter of the p
 
 
 class Learned:
-    """The learned parts in use: whitening (None: too few photos to learn one) and the trained vector index."""
+    """The learned parts in use: whitening (None: too few photos to learn one) and the trained vector index,
+    or the Milvus collection that holds the regions."""
 
-    def __init__(self, version: int, whitening: Whitening | None, trained, per_image: int):
+    def __init__(self, version: int, whitening: Whitening | None, trained, per_image: int, milvus=None):
         self.version, self.whitening, self.trained, self.per_image = version, whitening, trained, per_image
+        self.milvus = milvus
 
     @classmethod
     def read(cls, store: Store) -> "Learned":
@@ -35,7 +39,7 @@ class Learned:
             import faiss
 
             trained = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
-        return cls(store.learned["version"], whitening, trained, int(arrays["per_image"]))
+        return cls(store.learned["version"], whitening, trained, int(arrays["per_image"]), milvus_regions(store.learned))
 
     def whiten_flat(self, vectors: np.ndarray) -> np.ndarray:
         vectors = vectors.astype(np.float32)
@@ -50,17 +54,38 @@ class Learned:
         """Write a shard's whitened regions (and their codes) for these learned parts."""
         whitened = self.whiten(store.read_rows(shard, "regions"))
         codes = None if self.trained is None else vectors.encode(self.trained, whitened.reshape(-1, whitened.shape[-1]))
+        if self.milvus is not None:  # before the derived files: their presence says the shard is complete
+            stored = vectors.QuantisedRows(*vectors.quantise(whitened))[:]  # what searches re-score with
+            ids = vectors.region_ids(vectors.photo_vid(vectors.shard_number(shard), np.arange(len(stored))), self.per_image)
+            self.milvus.add(ids, stored.reshape(-1, stored.shape[-1]))
         store.write_derived(shard, self.version, whitened, codes)
+
+
+def milvus_regions(learned: dict | None):
+    """The Milvus collection of `learned` parts, or None when they keep their regions in faiss."""
+    if not learned or learned.get("vectors") != "milvus":
+        return None
+    from .cluster.milvus import MilvusRegions
+
+    return MilvusRegions(learned["uri"], learned["collection"])
 
 
 def due(store: Store, choice: str) -> bool:
     learned, photos = store.learned, len(store.images)
     if not photos:
         return False
-    if learned is None or (choice != "auto" and learned["vectors"] != choice):
+    if learned is None or (choice != "auto" and (learned["vectors"], learned.get("uri")) != wanted(choice)):
+        return True
+    if choice == "auto" and learned["vectors"] == "milvus":  # back from Milvus to faiss
         return True
     # "auto" changes kind only with a re-learning: a gallery near the threshold must not flip back and forth
     return photos >= GROWTH * learned["photos"] or photos * GROWTH <= learned["photos"]
+
+
+def wanted(choice: str) -> tuple[str, str | None]:
+    """(kind, Milvus URI or None) that a --vectors choice other than "auto" asks for."""
+    kind = vectors.resolve(choice, 0)
+    return kind, choice if kind == "milvus" else None
 
 
 def sample_regions(store: Store, limit: int = MAX_SAMPLES, seed: int = 0) -> tuple[np.ndarray, int]:
@@ -98,8 +123,16 @@ def learn(store: Store, conf: dict, choice: str) -> Learned:
     if whitening is not None:
         arrays.update(mean=whitening.mean, projection=whitening.projection)
     store.write_learned(version, arrays, index_bytes)
-    store.manifest["learned"] = {"version": version, "photos": len(store.images), "vectors": kind}
-    return Learned(version, whitening, trained, per_image)
+    learned = {"version": version, "photos": len(store.images), "vectors": kind}
+    if kind == "milvus":
+        from .cluster.milvus import MilvusRegions, collection_name
+
+        uid = store.manifest.setdefault("uid", secrets.token_hex(6))
+        learned.update(uri=choice, collection=collection_name(uid, version))
+        dims = whitening(sample[:1]).shape[1] if whitening is not None else sample.shape[1]
+        MilvusRegions(choice, learned["collection"]).create(dims)
+    store.manifest["learned"] = learned
+    return Learned(version, whitening, trained, per_image, milvus_regions(learned))
 
 
 def bring_up_to_date(store: Store, conf: dict, choice: str, progress: bool = False) -> bool:
@@ -146,3 +179,20 @@ def write_base(store: Store, learned: "Learned") -> None:
     name = f"vectors-{store.next_learned_version()}.faiss"
     store.write_vector_base(name, faiss.serialize_index(index))
     store.manifest["learned"] = {**store.learned, "base": {"file": name, "shards": shards}}
+
+
+def remove_unused_vectors(store: Store, before: dict | None, shards_before: set[str]) -> None:
+    """After a commit: drop the Milvus collections of this index that no committed state uses (learned
+    versions replaced, a Milvus left for faiss), and the regions of shards that compaction replaced."""
+    now = store.learned or {}
+    from .cluster.milvus import drop_unused
+
+    for learned in {id(x): x for x in (before or {}, now)}.values():
+        if learned.get("vectors") == "milvus":
+            keep = now.get("collection") if learned["uri"] == now.get("uri") else None
+            drop_unused(learned["uri"], store.manifest.get("uid", ""), keep)
+    current = milvus_regions(now)
+    if current is not None and before and before.get("collection") == now.get("collection"):
+        for shard in shards_before - set(store.live_shards()):
+            low = vectors.photo_vid(vectors.shard_number(shard), 0) * vectors.ID_STRIDE
+            current.delete_range(low, low + (vectors.ID_STRIDE << vectors.ROW_BITS))

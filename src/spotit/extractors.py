@@ -25,6 +25,11 @@ class Extractors:
         self._backbone: backbones.Backbone | None = None
         self._extractors: dict = {}
 
+    @property
+    def weights(self) -> str | os.PathLike | None:
+        """The weights file given when opening the index (None: the manifest's)."""
+        return self._weights
+
     def backbone(self) -> backbones.Backbone:
         if self._backbone is None:
             weights = self._weights or self.manifest.get("weights")

@@ -92,8 +92,9 @@ class Index:
         `rebuild` extracts every photo again (deleting spotit's own files only; with unchanged settings the
         old features serve searches until replaced); `moved` re-points it to `gallery` when the gallery
         folder was moved, keeping the features of unchanged photos; `wait` waits for another writer;
-        `vectors` chooses the vector index: "exact", "ivfpq" (approximate) or "auto" (by the gallery's size;
-        the default), made by the next update."""
+        `vectors` chooses the vector index, made by the next update: in faiss, inside the index, "exact",
+        "ivfpq" (approximate) or "auto" (by the gallery's size; the default; "faiss" too); or in Milvus:
+        a Milvus Lite file ("regions.db") or a server ("http://host:19530", token from $SPOTIT_MILVUS_TOKEN)."""
         store = lifecycle.open_or_create(Path(path or default_index_dir()).absolute(), gallery, methods, backbone,
                                          weights, rebuild, confs, moved, wait, _new, vectors)
         return cls(store, weights)
@@ -131,7 +132,7 @@ class Index:
 
     # ---- updating ------------------------------------------------------------------------------
     def update(self, progress: bool = True, shard_size: int = 256, workers: int | None = None, wait: bool = False,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, on_progress=None) -> UpdateReport:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, on_progress=None, ray: str | None = None) -> UpdateReport:
         """Extract features of new and changed gallery images, drop vanished ones.
 
         `on_progress(done, total)` follows the extraction; an exception it raises stops the update
@@ -143,7 +144,7 @@ class Index:
                 self._take(self.store.reload())
             writer = self.store.reload()  # the writer's own copy: searches in this process never see it half-done
             try:
-                return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers, on_progress)
+                return Updater(self.features, writer, max_pixels).run(progress, shard_size, workers, on_progress, ray)
             finally:
                 with self._swap:
                     self._take(self.store.reload())

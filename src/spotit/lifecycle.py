@@ -4,6 +4,7 @@ re-point a moved gallery. Each change happens under the write lock and ends in a
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from . import backbones, global_features, local_features, vectors
@@ -50,7 +51,7 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
     `new` refuses an existing index."""
     methods = check_methods(methods)
     if vectors_choice is not None:
-        vectors.resolve(vectors_choice, 0)  # refuses an unknown one
+        vectors_choice = vectors.parse_choice(vectors_choice)  # refuses an unknown one
     backbones.check_backbone(backbone)
     check_index_folder(path)
     gallery_path = Path(gallery).resolve() if gallery is not None else None
@@ -78,6 +79,8 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
             "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
             "weights": str(Path(weights).resolve()) if weights else None,
             "confs": {**DEFAULT_CONFS, **(confs or {})}, "vectors": vectors_choice or "auto",
+            # names this index's collections in a shared Milvus; a rebuild keeps it, so it drops the old ones
+            "uid": (old.manifest.get("uid") if old is not None else None) or secrets.token_hex(6),
         }
         if settings is not None:
             settings["feature_settings"] = feature_settings(backbone, settings["confs"])

@@ -20,6 +20,7 @@ from .images import Box, assign_ids
 from .local_features import expand
 from .matching import ratio_matches
 from .ranking import rank
+from .errors import BackendError
 from .store import SnapshotGone, Store
 from .whitening import Whitening
 
@@ -150,14 +151,14 @@ class Snapshot:
         parts = Learned.read(store)
         if learned["vectors"] == "exact":
             return self.exact_regions(parts.per_image), parts.whitening
-        base, included = store.read_vector_base()
-        delta = parts.trained  # the shards added since the base was written, assembled here
-        for shard in store.placements():
-            if shard not in included:
-                vectors.add_shard(delta, shard, store.read_codes(shard), parts.per_image)
-        indexes = [index for index in (base, delta) if index is not None and index.ntotal]
+        if learned["vectors"] == "milvus":
+            from .cluster.milvus import confs as milvus_confs
+
+            indexes, conf = [MilvusSearch(parts.milvus, store)], milvus_confs["milvus"]
+        else:
+            indexes, conf = self.faiss_indexes(parts), vectors.confs["ivfpq"]
         columns = store.columns()
-        numbers = np.array([int(shard.removesuffix(".h5")) for shard in columns.shards], np.int64)
+        numbers = np.array([vectors.shard_number(shard) for shard in columns.shards], np.int64)
         vids = (numbers[columns.shard] << vectors.ROW_BITS) | columns.row
         order = np.argsort(vids)
         sorted_vids = vids[order]
@@ -185,9 +186,35 @@ class Snapshot:
                 out[chosen] = block
             return out
 
-        search = vectors.ApproximateRegions(indexes, parts.per_image, len(self.names), positions, read,
-                                            vectors.confs["ivfpq"])
+        search = vectors.ApproximateRegions(indexes, parts.per_image, len(self.names), positions, read, conf)
         return search, parts.whitening
+
+    def faiss_indexes(self, parts: Learned) -> list:
+        """The mapped base file of the IVF-PQ index, and the shards added since assembled from their codes."""
+        base, included = self.store.read_vector_base()
+        delta = parts.trained
+        for shard in self.store.placements():
+            if shard not in included:
+                vectors.add_shard(delta, shard, self.store.read_codes(shard), parts.per_image)
+        return [index for index in (base, delta) if index is not None and index.ntotal]
+
+
+class MilvusSearch:
+    """A snapshot's Milvus collection, searched like a faiss index: a collection dropped by a newer commit
+    makes the search start again on that commit."""
+
+    def __init__(self, regions, store: Store):
+        self.regions, self.store, self.nprobe = regions, store, None
+
+    def search(self, vectors_: np.ndarray, k: int):
+        from .cluster.milvus import MilvusGone
+
+        try:
+            return self.regions.search(vectors_, k)
+        except MilvusGone as exc:
+            if self.store.changed():
+                raise SnapshotGone(f"Milvus collection {self.regions.name} was replaced by a newer commit") from None
+            raise BackendError(f"searching Milvus at {self.regions.uri} failed: {exc}") from None
 
 
 class Searcher:

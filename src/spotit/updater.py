@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
 from .extractors import DENSE_KINDS, Extractors
-from .derived import Learned, bring_up_to_date
+from .cluster import EXTRA, available
+from .derived import Learned, bring_up_to_date, remove_unused_vectors
 from .lifecycle import kinds_of
 from .store import Store
 
@@ -30,6 +31,7 @@ class UpdateReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    notes: list[str] = field(default_factory=list)  # what the user should know, e.g. a fallback taken
     seconds: float = 0.0
 
     @property
@@ -62,6 +64,18 @@ def plan(store: Store, gallery) -> tuple[list[str], list[str], list[str], list[t
     return new, changed, gone, skipped
 
 
+def load_and_extract(features: Extractors, gallery: str, name: str, kinds: list[str], max_pixels: int | None):
+    """(name, stamp, features) of one gallery photo, or (name, None, why it was skipped)."""
+    path = os.path.join(gallery, name)
+    try:
+        stat = os.stat(path)
+        image = load_image(path, max_pixels=max_pixels)
+    except (ImageError, OSError) as exc:
+        return name, None, str(exc).removeprefix(f"{path}: ")
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
+    return name, stamp, features.extract(image, kinds)
+
+
 def ordered_map(pool: ThreadPoolExecutor, work, items, ahead: int):
     """pool.map with at most `ahead` items in flight, so an interruption waits for little."""
     pending: deque = deque()
@@ -90,14 +104,12 @@ class Updater:
         self.learned = Learned.read(store) if store.learned and "regions" in kinds_of(store.manifest["methods"]) else None
 
     def _load_and_extract(self, name: str):
-        path = os.path.join(self.gallery, name)
-        try:
-            stat = os.stat(path)
-            image = load_image(path, max_pixels=self.max_pixels)
-        except (ImageError, OSError) as exc:
-            return name, None, str(exc).removeprefix(f"{path}: ")
-        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
-        return name, stamp, self.features.extract(image, self.kinds)
+        return load_and_extract(self.features, self.gallery, name, self.kinds, self.max_pixels)
+
+    def extract_locally(self, todo: list[str], workers: int):
+        """(name, stamp or None, features or the reason it was skipped) of each photo, on local threads."""
+        with self.features.worker_threads(workers), ThreadPoolExecutor(workers) as pool:
+            yield from ordered_map(pool, self._load_and_extract, todo, 2 * workers)
 
     def _flush(self, report: UpdateReport) -> None:
         """Write the finished photos to a new shard and commit them."""
@@ -121,11 +133,13 @@ class Updater:
         self.done.clear()
 
     def run(self, progress: bool = True, shard_size: int = 256, workers: int | None = None,
-            on_progress=None) -> UpdateReport:
+            on_progress=None, ray: str | None = None) -> UpdateReport:
         """`on_progress(done, total)` is called as photos finish; an exception it raises stops the update
-        as Ctrl-C does, committing every finished photo first."""
+        as Ctrl-C does, committing every finished photo first. `ray` extracts on a Ray cluster ("local":
+        one started here) instead of local threads."""
         report = UpdateReport()
         manifest = self.store.manifest
+        learned_before, shards_before = dict(self.store.learned or {}), set(self.store.live_shards())
         new, changed, gone, report.skipped = plan(self.store, self.gallery)
         for name in gone:
             del self.store.images[name]
@@ -143,19 +157,28 @@ class Updater:
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
         if on_progress is not None:
             on_progress(0, len(todo))
+        if ray is not None and todo and not available("ray"):
+            report.notes.append(f"Ray is not installed ({EXTRA}): extracted with local threads")
+            ray = None
+        if ray is not None and todo:
+            from .cluster.ray_extract import extract_on_ray
+
+            extracted = extract_on_ray(ray, self.features, self.gallery, todo, self.kinds, self.max_pixels, workers)
+        else:
+            extracted = self.extract_locally(todo, workers)
         try:
-            with self.features.worker_threads(workers), ThreadPoolExecutor(workers) as pool:
-                for done, (name, stamp, result) in enumerate(ordered_map(pool, self._load_and_extract, todo, 2 * workers), 1):
-                    bar.update()
-                    if on_progress is not None:
-                        on_progress(done, len(todo))
-                    if stamp is None:
-                        report.skipped.append((name, result))
-                        continue
-                    self.done.append((name, stamp, result))
-                    if len(self.done) >= shard_size:
-                        self._flush(report)
+            for done, (name, stamp, result) in enumerate(extracted, 1):
+                bar.update()
+                if on_progress is not None:
+                    on_progress(done, len(todo))
+                if stamp is None:
+                    report.skipped.append((name, result))
+                    continue
+                self.done.append((name, stamp, result))
+                if len(self.done) >= shard_size:
+                    self._flush(report)
         finally:
+            extracted.close()  # stops the workers: their threads, or the Ray pipeline
             bar.close()
             # also on Ctrl-C: every finished photo is committed before the interruption goes on
             report.seconds = time.perf_counter() - started
@@ -176,6 +199,7 @@ class Updater:
         manifest["updated"] = time.time()
         self.store.commit()
         self.store.remove_unused()
+        remove_unused_vectors(self.store, learned_before, shards_before)
         return report
 
     def _compact_if_sparse(self, batch: int = 4096) -> None:

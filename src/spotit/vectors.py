@@ -30,13 +30,37 @@ ID_STRIDE = 16  # regions per photo at most
 ROW_BITS = 24  # rows per shard at most: 16.7M
 
 
+def shard_number(shard: str) -> int:
+    """The number of a shard file ("000012.h5" -> 12), which fixes its photos' vids."""
+    return int(shard.removesuffix(".h5"))
+
+
 def photo_vid(shard_number: int, row):
     """A photo's id in the vector index, from where its features lie (`row` may be an array of rows)."""
     return (shard_number << ROW_BITS) | row
 
 
+def parse_choice(choice: str) -> str:
+    """--vectors as the index records it: a faiss kind ("faiss" is "auto") or a Milvus URI (cluster/milvus.py)."""
+    from .cluster.milvus import is_uri, normalise_uri
+
+    if choice == "faiss":
+        return "auto"
+    if choice in CHOICES:
+        return choice
+    if is_uri(choice):
+        return normalise_uri(choice)
+    raise SpotitError(f"unknown --vectors {choice!r}; choose faiss (or one of its kinds: {', '.join(CHOICES)}), "
+                      "a Milvus Lite file (*.db) or a Milvus server (http://host:19530)")
+
+
 def resolve(choice: str, photos: int) -> str:
-    """The vector index kind for a gallery of `photos`: `choice` itself unless it is "auto"."""
+    """The vector index kind for a gallery of `photos`: "milvus" for a Milvus URI, else `choice` itself
+    unless it is "auto"."""
+    from .cluster.milvus import is_uri
+
+    if is_uri(choice):
+        return "milvus"
     if choice not in CHOICES:
         raise SpotitError(f"unknown --vectors {choice!r}; choose {', '.join(CHOICES)}")
     if choice != "auto":
@@ -78,7 +102,7 @@ def add_codes(index, codes: np.ndarray, ids: np.ndarray) -> None:
 def add_shard(index, shard: str, codes: np.ndarray, per_image: int) -> None:
     """Add one shard's codes (all its rows, `per_image` regions each) under the ids its rows fix."""
     rows = np.arange(len(codes) // per_image)
-    add_codes(index, codes, region_ids(photo_vid(int(shard.removesuffix(".h5")), rows), per_image))
+    add_codes(index, codes, region_ids(photo_vid(shard_number(shard), rows), per_image))
 
 
 def quantise(whitened: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,12 @@ A plain ASGI middleware, so it also guards the static files and the OpenAPI page
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import re
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse
@@ -22,10 +25,15 @@ def host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+BODY_IDLE_S = 30  # a client that sends nothing of its body for this long is answered 408 and dropped
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 class Guard:
     """Refuses a request without the token (when there is one), with a foreign Host when the server answers
-    on loopback without a token (a web page elsewhere must not reach it by DNS rebinding), or with a body over
-    `max_body` bytes (413, before the route reads it)."""
+    on loopback without a token (a web page elsewhere must not reach it by DNS rebinding), a change sent
+    from another site's page (its Origin is not this server), or a body over `max_body` bytes (413, before
+    the route reads it) or stalled for BODY_IDLE_S (408)."""
 
     def __init__(self, app, token: str | None, max_body: int, loopback_only: bool):
         self.app, self.token, self.max_body, self.loopback_only = app, token, max_body, loopback_only
@@ -50,7 +58,12 @@ class Guard:
         if scope["method"] in ("POST", "PUT", "PATCH"):
             body = bytearray()
             while True:  # counted as it arrives: a chunked body has no length to trust
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), BODY_IDLE_S)
+                except asyncio.TimeoutError:
+                    response = JSONResponse({"detail": f"no data for {BODY_IDLE_S} s; request dropped"}, 408,
+                                            headers={"Connection": "close"})
+                    return await response(scope, receive, send)
                 if message["type"] == "http.disconnect":
                     return
                 body += message.get("body", b"")
@@ -62,6 +75,10 @@ class Guard:
         return await self.app(scope, receive, send)
 
     def _refusal(self, scope, headers: Headers):
+        origin = headers.get("origin")
+        if scope["method"] not in SAFE_METHODS and origin and urlsplit(origin).netloc != headers.get("host"):
+            # a form or fetch from another site's page: browsers send its Origin; the cookie is SameSite too
+            return JSONResponse({"detail": f"a request sent from {origin} is refused: use this server's own page"}, 403)
         if self.token is None:
             if self.loopback_only and host_name(headers.get("host", "")) not in LOOPBACK_HOSTS:
                 return JSONResponse({"detail": "this server answers requests addressed to localhost only"}, 403)
@@ -90,10 +107,20 @@ class Guard:
 
     async def _too_large(self, scope, receive, send):
         megabytes = self.max_body / 2**20
-        response = JSONResponse({"detail": f"the upload is larger than the limit of {megabytes:g} MB "
+        response = JSONResponse({"detail": f"the upload is larger than the limit of {megabytes:g} MiB "
                                            "(`spotit serve --max-upload-mb` changes it)"}, 413,
                                 headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+class RedactToken(logging.Filter):
+    """Takes the token out of access-log lines (`GET /?token=...`), which end up in files and terminals."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(re.sub(r"(token=)[^&\s]*", r"\1***", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
 
 
 def _replay(body: bytes, receive):

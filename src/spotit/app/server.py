@@ -18,13 +18,14 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import __version__
-from ..errors import SpotitError
+from ..errors import BackendError, SpotitError
 from ..images import ImageError
 from .guard import Guard
 from .service import Busy, NotFound, Service
 
 STATIC = files("spotit.app") / "static"
 MAX_TOP = 1000
+MAX_BOXES = 20  # each box is a search of its own: a request must not hold the cores for minutes
 DEFAULT_MAX_UPLOAD = 25 * 2**20
 
 
@@ -34,10 +35,13 @@ def parse_boxes(text: str | None) -> list[list[float]]:
         return []
     try:
         boxes = json.loads(text)
-    except ValueError as exc:
-        raise HTTPException(422, f"boxes is not JSON ({exc}); send [[x, y, w, h], ...] in the photo's pixels")
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise HTTPException(422, f"boxes is not JSON ({reason}); send [[x, y, w, h], ...] in the photo's pixels")
     if not isinstance(boxes, list):
         raise HTTPException(422, "boxes must be a list of [x, y, w, h] boxes, e.g. [[120, 80, 200, 160]]")
+    if len(boxes) > MAX_BOXES:
+        raise HTTPException(422, f"{len(boxes)} boxes: at most {MAX_BOXES} per search")
     for i, box in enumerate(boxes, 1):
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
@@ -47,7 +51,12 @@ def parse_boxes(text: str | None) -> list[list[float]]:
     return boxes
 
 
-def photo_urls(photo_id: str) -> dict:
+def photo_urls(service: Service, photo_id: str) -> dict:
+    """Where a result's photo and thumbnail are served; null URLs and the reason when it is not served."""
+    try:
+        service.photo_path(photo_id)
+    except NotFound as exc:
+        return {"thumbnail_url": None, "image_url": None, "unavailable": str(exc)}
     path = quote(photo_id, safe="/")
     return {"thumbnail_url": f"/api/thumbnails/{path}", "image_url": f"/api/images/{path}"}
 
@@ -65,6 +74,9 @@ def create_app(service: Service, token: str | None = None, max_upload: int = DEF
     app = FastAPI(title="spotit", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Instance search: the gallery photos that show the object in a query photo, best "
                               "first, with where it lies in each. The web page is at `/`.")
+    # swagger-ui's offline bundle (4.x) reads OpenAPI 3.0 documents; FastAPI's are 3.1 but use nothing
+    # the page cannot show
+    app.openapi_version = "3.0.3"
     app.add_middleware(Guard, token=token, max_body=max_upload, loopback_only=loopback_only)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
@@ -72,7 +84,7 @@ def create_app(service: Service, token: str | None = None, max_upload: int = DEF
     @app.exception_handler(SpotitError)
     async def spotit_error(request: Request, exc: SpotitError):
         status = 400 if isinstance(exc, ImageError) else 404 if isinstance(exc, NotFound) else \
-            409 if isinstance(exc, Busy) else 422
+            409 if isinstance(exc, Busy) else 503 if isinstance(exc, BackendError) else 422
         return JSONResponse({"detail": str(exc)}, status)
 
     @app.exception_handler(RequestValidationError)
@@ -80,7 +92,7 @@ def create_app(service: Service, token: str | None = None, max_upload: int = DEF
         reasons = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(reasons)}, 422)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page():
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
@@ -102,9 +114,10 @@ def create_app(service: Service, token: str | None = None, max_upload: int = DEF
                top: int = Form(10, ge=1, le=MAX_TOP, description="how many results"),
                method: str | None = Form(None, description="hybrid, regional, cnn or sift (default: the index's)")):
         parsed = parse_boxes(boxes)
-        answer = service.search(image.file.read(), image.filename or "upload", parsed, method or None, top)
+        answer = service.search(image.file.read(), image.filename or "upload", parsed,
+                                (method or "").strip().lower() or None, top)
         for result in answer["results"]:
-            result.update(photo_urls(result["id"]))
+            result.update(photo_urls(service, result["id"]))
         return answer
 
     def photo_response(request: Request, photo_id: str, max_side: int | None) -> Response:

@@ -331,14 +331,21 @@ function showResults(answer, seconds) {
     figure.dataset.id = result.id;
     const thumb = document.createElement("div");
     thumb.className = "thumb";
-    const img = document.createElement("img");
-    img.src = result.thumbnail_url;
-    img.alt = result.id;
-    img.loading = "lazy";
-    const overlay = document.createElementNS(SVG, "svg");
-    overlay.setAttribute("aria-hidden", "true");
-    outline(result, overlay);
-    thumb.append(img, overlay);
+    if (result.thumbnail_url) {
+      const img = document.createElement("img");
+      img.src = result.thumbnail_url;
+      img.alt = result.id;
+      img.loading = "lazy";
+      const overlay = document.createElementNS(SVG, "svg");
+      overlay.setAttribute("aria-hidden", "true");
+      outline(result, overlay);
+      thumb.append(img, overlay);
+    } else {
+      const missing = document.createElement("p");
+      missing.className = "missing";
+      missing.textContent = result.unavailable || "This photo is not served.";
+      thumb.append(missing);
+    }
     const text = document.createElement("figcaption");
     const [rank, ...rest] = caption(result, i + 1);
     const strong = document.createElement("span");
@@ -359,11 +366,14 @@ function showResults(answer, seconds) {
     }
     figure.setAttribute("aria-label", caption(result, i + 1).join(", ") + (result.quad ? ", object located" : ""));
     figure.append(thumb, text);
-    figure.onclick = () => openViewer(result, i + 1);
-    figure.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openViewer(result, i + 1); } };
+    if (result.image_url) {
+      figure.onclick = () => openViewer(result, i + 1);
+      figure.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openViewer(result, i + 1); } };
+    }
     return figure;
   });
   results.replaceChildren(heading, ...cards);
+  if (results.getBoundingClientRect().top > window.innerHeight) results.scrollIntoView({ behavior: "smooth" });
 }
 
 function openViewer(result, rank) {

@@ -1,0 +1,27 @@
+"""Beyond one machine: the region shortlist in Milvus (milvus.py), extraction on Ray Data (ray_extract.py).
+
+Both need the optional extra `pip install 'spotit[cluster]'`; `require` says so in one line when it is missing."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import SpotitError
+
+EXTRA = "pip install 'spotit[cluster]'"
+
+
+def require(module: str, purpose: str):
+    """Import `module`, or SpotitError saying which extra to install for `purpose`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SpotitError(f"{purpose} needs {module.split('.')[0]}, which is not installed: {EXTRA}") from None
+
+
+def available(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True

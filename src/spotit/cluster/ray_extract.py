@@ -1,0 +1,92 @@
+"""Feature extraction on a Ray cluster with Ray Data: workers decode the photos and run the CNN and SIFT;
+the updater (the index's one writer) receives their features in order and commits them as it does those
+of its own threads, so an index made on Ray is the one made locally, with the same guarantees.
+
+Workers read the photos at the gallery's path, so on a real cluster the gallery (and the model cache, or
+network access to make it) must be at the same path on every node, e.g. a shared file system."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import numpy as np
+
+from ..errors import BackendError
+from ..extractors import Extractors
+from . import require
+
+BATCH = 4  # photos per task: small, so a worker that dies loses little and the writer commits steadily
+
+
+class _Extract:
+    """One Ray worker's extractor (an actor): the model is loaded once, then photo after photo."""
+
+    def __init__(self, root: str, manifest: dict, weights, cache: str, gallery: str, kinds: list[str],
+                 max_pixels: int | None):
+        import cv2
+
+        os.environ["SPOTIT_CACHE"] = cache
+        cv2.setNumThreads(1)  # one photo at a time per worker, one core each
+        self.features = Extractors(root, manifest, weights)
+        self.features.backbone().set_threads(1)
+        self.features.load(kinds)
+        self.gallery, self.kinds, self.max_pixels = gallery, kinds, max_pixels
+
+    def __call__(self, batch: dict) -> dict:
+        from ..updater import load_and_extract
+
+        done = [pickle.dumps(load_and_extract(self.features, self.gallery, str(name), self.kinds, self.max_pixels))
+                for name in batch["name"]]
+        return {"payload": np.array(done, dtype=object)}
+
+
+def connect(address: str, workers: int):
+    """Ray, connected: to the cluster at `address`, or to a local one of `workers` CPUs ("local");
+    an already connected Ray is used as it is. Returns (ray, whether this call started it)."""
+    ray = require("ray", "--ray")
+    require("ray.data", "--ray")
+    for logger in ("ray", "ray.data"):  # the updater reports progress and errors itself
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return ray, False
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ core logs warnings as errors on stderr
+    options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    try:
+        if address == "local":
+            ray.init(num_cpus=workers, **options)
+        else:
+            ray.init(address=address, **options)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
+        raise BackendError(f"cannot connect to Ray at {address}: {str(exc).strip().splitlines()[0][:300]}") from None
+    return ray, True
+
+
+def extract_on_ray(address: str, features: Extractors, gallery: str, todo: list[str], kinds: list[str],
+                   max_pixels: int | None, workers: int):
+    """(name, stamp or None, features or why skipped) of each photo of `todo`, in order, extracted by
+    `workers` Ray workers (on a cluster: as many as it has CPUs, when `address` is not "local")."""
+    from .. import backbones
+
+    ray, started = connect(address, workers)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # the same shards as the local path writes
+        context.enable_progress_bars = False  # the updater shows its own
+        actors = workers if address == "local" else max(1, int(ray.cluster_resources().get("CPU", workers)))
+        dataset = ray.data.from_items([{"name": name} for name in todo]).map_batches(
+            _Extract, batch_size=BATCH, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+            batch_format="numpy",
+            fn_constructor_kwargs={"root": str(features.root), "manifest": features.manifest,
+                                   "weights": features.weights, "cache": str(backbones.cache_dir()),
+                                   "gallery": gallery, "kinds": kinds, "max_pixels": max_pixels})
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for payload in batch["payload"]:
+                    yield pickle.loads(payload)
+        except Exception as exc:  # a task that failed on every retry, a lost cluster: Ray's own error types
+            raise BackendError(f"extraction on Ray failed: {str(exc).strip().splitlines()[-1][:300]}") from None
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,276 @@
+"""Beyond one machine: the region shortlist in Milvus (Lite, and a real server), extraction on Ray.
+
+Needs the extra `pip install '.[cluster]'`; each part is skipped cleanly without it."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from spotit import Index
+from spotit.cli import main
+from spotit.cluster import require
+from spotit.errors import SpotitError
+
+QUERIES = ["cup-1", "cat-2", "scene-3", "motorbike-1"]  # whole gallery photos as queries, beside the boxed one
+
+
+def top_lists(index: Index, demo) -> list[list[tuple[str, float]]]:
+    """The top 10 (id, score) of the demo's boxed query and of a few whole photos, with the hybrid method."""
+    queries = [(demo["query"], [demo["box"]])] + [(demo["gallery"] / f"{q}.jpg", None) for q in QUERIES]
+    return [[(hit.id, round(hit.score, 4)) for hit in index.search(path, boxes, top=10)] for path, boxes in queries]
+
+
+@pytest.fixture(scope="module")
+def faiss_index(demo, tmp_path_factory):
+    index = Index.create(tmp_path_factory.mktemp("faiss") / "index", demo["gallery"], ["hybrid"], vectors="faiss")
+    index.update(progress=False)
+    return index
+
+
+def test_a_milvus_lite_index_ranks_as_faiss_does(faiss_index, demo, tmp_path):
+    pytest.importorskip("milvus_lite")
+    uri = tmp_path / "regions.db"
+    index = Index.create(tmp_path / "index", demo["gallery"], ["hybrid"], vectors=str(uri))
+    index.update(progress=False)
+    assert index.manifest["vectors"] == str(uri) and index.store.learned["vectors"] == "milvus"
+    assert top_lists(index, demo) == top_lists(faiss_index, demo)
+    # searches need no flag: a fresh process-level open reads the choice from the index
+    assert top_lists(Index.open(tmp_path / "index"), demo)[0] == top_lists(faiss_index, demo)[0]
+
+
+def test_milvus_follows_added_and_removed_photos_and_drops_replaced_collections(demo, tmp_path):
+    """The same changes made to a faiss and a Milvus index leave the same rankings, step by step."""
+    pytest.importorskip("milvus_lite")
+    from spotit.cluster.milvus import client
+
+    gallery = tmp_path / "gallery"
+    shutil.copytree(demo["gallery"], gallery)
+    uri = str(tmp_path / "regions.db")
+    index = Index.create(tmp_path / "index", gallery, ["hybrid"], vectors=uri)
+    twin = Index.create(tmp_path / "twin", gallery, ["hybrid"], vectors="faiss")
+    for each in (index, twin):
+        each.update(progress=False)
+    first = index.store.learned["collection"]
+    (gallery / "cup-1.jpg").unlink()
+    for i, photo in enumerate(sorted(gallery.iterdir())[:2]):
+        Image.open(photo).save(gallery / f"new-{i}.png")
+    for each in (index, twin):
+        each.update(progress=False)
+    assert index.store.learned["collection"] == first  # 21 photos: no re-learning, the new shard was added
+    assert "cup-1" not in [h.id for h in index.search(demo["query"], [demo["box"]], top=None)]
+    assert top_lists(index, demo)[0] == top_lists(twin, demo)[0]
+    assert [h.id for h in index.search(gallery / "new-0.png", top=3)] == [h.id for h in twin.search(gallery / "new-0.png", top=3)]
+    # doubling the gallery learns again: a new collection, and the old one is dropped
+    for i, photo in enumerate(sorted(gallery.iterdir())[:25]):
+        Image.open(photo).convert("RGB").save(gallery / f"more-{i}.jpg", quality=90)
+    for each in (index, twin):
+        each.update(progress=False)
+    assert index.store.learned["collection"] != first
+    assert top_lists(index, demo)[0] == top_lists(twin, demo)[0]
+    mine = [name for name in client(uri).list_collections() if name.startswith(f"spotit_{index.manifest['uid']}_")]
+    assert mine == [index.store.learned["collection"]]
+
+
+def test_switching_between_milvus_and_faiss_keeps_the_ranking(faiss_index, demo, tmp_path):
+    pytest.importorskip("milvus_lite")
+    from spotit.cluster.milvus import client
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(faiss_index.store.root, index_dir, ignore=shutil.ignore_patterns("write.lock"))
+    uri = str(tmp_path / "regions.db")
+    index = Index.open_or_create(index_dir, demo["gallery"], ["hybrid"], vectors=uri)
+    report = index.update(progress=False)
+    assert report.processed == 0 and index.store.learned["vectors"] == "milvus"  # no photo extracted again
+    assert top_lists(index, demo) == top_lists(faiss_index, demo)
+    index = Index.open_or_create(index_dir, demo["gallery"], ["hybrid"], vectors="faiss")
+    index.update(progress=False)
+    assert index.store.learned["vectors"] == "exact"
+    assert not [n for n in client(uri).list_collections() if index.manifest["uid"] in n]
+
+
+@pytest.mark.parametrize("choice, message", [
+    ("bogus", "unknown --vectors 'bogus'"),
+    ("/nonexistent/folder/x.db", "does not exist"),
+])
+def test_a_bad_vectors_choice_is_one_line(demo, tmp_path, capsys, choice, message):
+    assert main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--vectors", choice, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_missing_extra_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if it were not installed
+    with pytest.raises(SpotitError, match=r"pip install 'spotit\[cluster\]'"):
+        require("pymilvus", "vectors in Milvus")
+
+
+def test_an_unreachable_milvus_server_is_one_line(demo, tmp_path, capsys):
+    pytest.importorskip("pymilvus")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--vectors",
+                 f"http://127.0.0.1:{port}", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Milvus" in err and "Traceback" not in err
+    # the photos' features are kept: the index is valid, and the next update with a reachable store goes on
+    assert len(Index.open(tmp_path / "idx")) == 20
+
+
+def test_without_ray_the_update_falls_back_to_threads(demo, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    index = Index.create(tmp_path / "index", demo["gallery"], ["cnn"])
+    report = index.update(progress=False, ray="local")
+    assert report.added == 20 and any("Ray is not installed" in note for note in report.notes)
+
+
+@pytest.mark.slow
+def test_ray_extraction_writes_the_index_the_local_path_writes(faiss_index, demo, tmp_path):
+    pytest.importorskip("ray.data")
+    index = Index.create(tmp_path / "index", demo["gallery"], ["hybrid"])
+    report = index.update(progress=False, ray="local", workers=2)
+    assert report.added == 20 and not report.notes
+    assert top_lists(index, demo) == top_lists(faiss_index, demo)
+
+
+@pytest.mark.slow
+def test_a_dev_set_ranks_alike_with_faiss_milvus_lite_and_ray(dev_index, tmp_path):
+    """clutter-hard-dev indexed three ways: every query's top 10 is the same (all three search exactly)."""
+    pytest.importorskip("milvus_lite")
+    pytest.importorskip("ray.data")
+    dataset, faiss_built = dev_index("clutter-hard-dev")
+    lite_dir = tmp_path / "lite"
+    shutil.copytree(faiss_built.store.root, lite_dir, ignore=shutil.ignore_patterns("write.lock"))
+    lite = Index.open_or_create(lite_dir, dataset.gallery, ["hybrid"], vectors=str(tmp_path / "regions.db"))
+    assert lite.update(progress=False).processed == 0
+    on_ray = Index.create(tmp_path / "ray", dataset.gallery, ["hybrid"])
+    assert on_ray.update(progress=False, ray="local", workers=2).added == len(faiss_built)
+
+    def tops(index):
+        return [[hit.id for hit in index.search(q.path, q.boxes, top=10)] for q in dataset.queries]
+
+    expected = tops(faiss_built)
+    assert tops(lite) == expected
+    assert tops(on_ray) == expected
+
+
+KILLABLE = """
+import sys
+from spotit import Index
+index = Index.open_or_create(sys.argv[1], sys.argv[2], ["hybrid"])
+index.update(progress=False, ray="local", workers=2, shard_size=4)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_ray_extraction_resumes(faiss_index, demo, tmp_path):
+    pytest.importorskip("ray.data")
+    index_dir = tmp_path / "index"
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(index_dir), str(demo["gallery"])],
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if len(Index.open(index_dir)) >= 4:
+                    break
+            except SpotitError:
+                pass
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)  # the writer and its Ray cluster, as a power cut would
+    finally:
+        process.wait(30)
+    saved = len(Index.open(index_dir))
+    assert 4 <= saved < 20, saved
+    index = Index.open_or_create(index_dir, demo["gallery"], ["hybrid"])
+    report = index.update(progress=False, ray="local", workers=2)
+    assert report.added == 20 - saved and report.unchanged == saved
+    assert top_lists(index, demo) == top_lists(faiss_index, demo)
+
+
+# ---- a real Milvus server shared by several processes ---------------------------------------------
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory):
+    milvus = pytest.importorskip("milvus")
+    pytest.importorskip("pymilvus")
+    server = milvus.default_server
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus")))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        server.listen_port = probe.getsockname()[1]
+    server.start()
+    yield f"http://127.0.0.1:{server.listen_port}"
+    server.stop()
+
+
+SEARCHER = """
+import json, sys, time
+from spotit import Index
+index = Index.open(sys.argv[1])
+seen, errors, deadline = [], [], time.time() + float(sys.argv[4])
+while time.time() < deadline:
+    try:
+        hits = index.search(sys.argv[2], [json.loads(sys.argv[3])], top=5)
+        seen.append([len(index), [h.id for h in hits[:3]]])
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps({"seen": seen, "errors": errors}))
+"""
+
+
+@pytest.mark.slow
+def test_two_searchers_share_a_milvus_server_while_a_third_process_updates(milvus_server, demo, tmp_path):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(demo["gallery"], gallery)
+    index_dir = tmp_path / "index"
+    assert main(["index", str(gallery), "--index", str(index_dir), "--vectors", milvus_server, "--quiet"]) == 0
+    searchers = [subprocess.Popen([sys.executable, "-c", SEARCHER, str(index_dir), str(demo["query"]),
+                                   json.dumps(list(demo["box"])), "40"], stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    time.sleep(8)
+    copies = {}
+    for i, photo in enumerate(sorted(gallery.iterdir())[:20]):  # doubles the gallery: learned again, new collection
+        Image.open(photo).convert("RGB").save(gallery / f"new-{i}.jpg", quality=90)
+        copies[f"new-{i}"] = photo.stem
+    updater = subprocess.run([sys.executable, "-m", "spotit.cli", "index", str(gallery), "--index", str(index_dir),
+                              "--quiet"], capture_output=True, text=True, timeout=300)
+    assert updater.returncode == 0, updater.stderr
+    reports = [json.loads(p.communicate(timeout=120)[0]) for p in searchers]
+    for report in reports:
+        assert report["errors"] == []
+        sizes = [size for size, _ in report["seen"]]
+        assert sizes[0] == 20 and sizes[-1] == 40  # each saw the update, without a restart
+        wrong = [top for _, top in report["seen"] if not {copies.get(i, i) for i in top} <= set(demo["relevant"])]
+        assert not wrong, (wrong[:3], copies)
+    assert Index.open(index_dir).store.learned["vectors"] == "milvus"
+
+
+def test_spotit_serve_searches_a_milvus_index_and_says_503_when_milvus_fails(faiss_index, demo, tmp_path, monkeypatch):
+    pytest.importorskip("milvus_lite")
+    from fastapi.testclient import TestClient
+
+    from spotit.app import Service, create_app
+    from spotit.cluster import milvus
+
+    index = Index.create(tmp_path / "index", demo["gallery"], ["hybrid"], vectors=str(tmp_path / "regions.db"))
+    index.update(progress=False)
+    with TestClient(create_app(Service(index)), base_url="http://127.0.0.1") as client:
+        form = {"boxes": json.dumps([list(demo["box"])])}
+        files = {"image": ("q.jpg", demo["query"].read_bytes())}
+        answer = client.post("/api/search", data=form, files=files).json()
+        assert [r["id"] for r in answer["results"]] == [h.id for h in faiss_index.search(demo["query"], [demo["box"]])]
+
+        def down(self, vectors, k):
+            raise milvus.MilvusGone("connection refused")
+        monkeypatch.setattr(milvus.MilvusRegions, "search", down)
+        response = client.post("/api/search", data=form, files=files)
+        assert response.status_code == 503 and "searching Milvus" in response.json()["detail"]
