@@ -47,14 +47,18 @@ def test_a_milvus_lite_index_ranks_as_faiss_does(faiss_index, demo, tmp_path):
     assert top_lists(Index.open(tmp_path / "index"), demo)[0] == top_lists(faiss_index, demo)[0]
 
 
-def test_milvus_follows_added_and_removed_photos_and_drops_replaced_collections(demo, tmp_path):
-    """The same changes made to a faiss and a Milvus index leave the same rankings, step by step."""
+@pytest.fixture
+def lite_uri(tmp_path):
+    """A Milvus Lite file of the test's own."""
     pytest.importorskip("milvus_lite")
+    return str(tmp_path / "regions.db")
+
+
+def test_milvus_follows_added_and_removed_photos_and_drops_replaced_collections(demo, gallery_copy, lite_uri, tmp_path):
+    """The same changes made to a faiss and a Milvus index leave the same rankings, step by step."""
     from spotit.cluster.milvus import client
 
-    gallery = tmp_path / "gallery"
-    shutil.copytree(demo["gallery"], gallery)
-    uri = str(tmp_path / "regions.db")
+    gallery, uri = gallery_copy, lite_uri
     index = Index.create(tmp_path / "index", gallery, ["hybrid"], vectors=uri)
     twin = Index.create(tmp_path / "twin", gallery, ["hybrid"], vectors="faiss")
     for each in (index, twin):
@@ -274,3 +278,38 @@ def test_spotit_serve_searches_a_milvus_index_and_says_503_when_milvus_fails(fai
         monkeypatch.setattr(milvus.MilvusRegions, "search", down)
         response = client.post("/api/search", data=form, files=files)
         assert response.status_code == 503 and "searching Milvus" in response.json()["detail"]
+
+
+def test_a_copy_of_a_milvus_index_writes_to_collections_of_its_own(demo, gallery_copy, lite_uri, tmp_path):
+    from spotit.cluster.milvus import client
+
+    gallery, uri = gallery_copy, lite_uri
+    original = Index.create(tmp_path / "original", gallery, ["hybrid"], vectors=uri)
+    original.update(progress=False)
+    before = top_lists(original, demo)[0]
+    shutil.copytree(tmp_path / "original", tmp_path / "copy", ignore=shutil.ignore_patterns("write.lock"))
+    Image.open(gallery / "scene-1.jpg").save(gallery / "added.png")
+    copy = Index.open(tmp_path / "copy")
+    copy.update(progress=False)
+    assert copy.store.learned["collection"] != original.store.learned["collection"]
+    assert original.store.learned["collection"] in client(uri).list_collections()
+    assert top_lists(Index.open(tmp_path / "original"), demo)[0] == before
+
+
+def test_an_index_can_leave_a_milvus_that_is_down(demo, tmp_path, monkeypatch):
+    pytest.importorskip("milvus_lite")
+    from spotit.cluster import milvus
+    from spotit.errors import BackendError
+
+    index = Index.create(tmp_path / "index", demo["gallery"], ["hybrid"], vectors=str(tmp_path / "regions.db"))
+    index.update(progress=False)
+    expected = top_lists(index, demo)
+
+    def down(uri):
+        raise BackendError(f"cannot open Milvus at {uri}: connection refused")
+    monkeypatch.setattr(milvus, "client", down)
+    index = Index.open_or_create(tmp_path / "index", demo["gallery"], ["hybrid"], vectors="faiss")
+    report = index.update(progress=False)
+    assert index.store.learned["vectors"] == "exact" and report.processed == 0
+    assert any("old regions stay in Milvus" in note for note in report.notes)
+    assert top_lists(index, demo) == expected

@@ -8,6 +8,7 @@ version, every shard is derived again with them, and one commit switches to them
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import numpy as np
@@ -78,6 +79,8 @@ def due(store: Store, choice: str) -> bool:
         return True
     if choice == "auto" and learned["vectors"] == "milvus":  # back from Milvus to faiss
         return True
+    if learned["vectors"] == "milvus" and store.manifest.get("uid_root") != os.path.realpath(store.root):
+        return True  # a copy of an index: it must not write into the collection of the one it was copied from
     # "auto" changes kind only with a re-learning: a gallery near the threshold must not flip back and forth
     return photos >= GROWTH * learned["photos"] or photos * GROWTH <= learned["photos"]
 
@@ -127,7 +130,9 @@ def learn(store: Store, conf: dict, choice: str) -> Learned:
     if kind == "milvus":
         from .cluster.milvus import MilvusRegions, collection_name
 
-        uid = store.manifest.setdefault("uid", secrets.token_hex(6))
+        if store.manifest.get("uid_root") != os.path.realpath(store.root):  # a copy: collections of its own
+            store.manifest.update(uid=secrets.token_hex(6), uid_root=os.path.realpath(store.root))
+        uid = store.manifest["uid"]
         learned.update(uri=choice, collection=collection_name(uid, version))
         dims = whitening(sample[:1]).shape[1] if whitening is not None else sample.shape[1]
         MilvusRegions(choice, learned["collection"]).create(dims)

@@ -78,9 +78,11 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
         settings = None if gallery_path is None else {
             "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
             "weights": str(Path(weights).resolve()) if weights else None,
-            "confs": {**DEFAULT_CONFS, **(confs or {})}, "vectors": vectors_choice or "auto",
+            "confs": {**DEFAULT_CONFS, **(confs or {})},
+            "vectors": vectors_choice or (old.manifest.get("vectors") if old is not None else None) or "auto",
             # names this index's collections in a shared Milvus; a rebuild keeps it, so it drops the old ones
             "uid": (old.manifest.get("uid") if old is not None else None) or secrets.token_hex(6),
+            "uid_root": os.path.realpath(path),
         }
         if settings is not None:
             settings["feature_settings"] = feature_settings(backbone, settings["confs"])

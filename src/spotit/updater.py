@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
 from .extractors import DENSE_KINDS, Extractors
 from .cluster import EXTRA, available
+from .errors import BackendError
 from .derived import Learned, bring_up_to_date, remove_unused_vectors
 from .lifecycle import kinds_of
 from .store import Store
@@ -153,6 +154,7 @@ class Updater:
             if any(kind in DENSE_KINDS for kind in self.kinds):
                 manifest["weights_sha256"] = self.features.backbone().weights_sha256
         started = time.perf_counter()
+        ray_workers = workers  # a local Ray gets one worker per core unless told
         workers = workers or min(2, os.cpu_count() or 1)
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress or not todo, dynamic_ncols=True)
         if on_progress is not None:
@@ -163,7 +165,8 @@ class Updater:
         if ray is not None and todo:
             from .cluster.ray_extract import extract_on_ray
 
-            extracted = extract_on_ray(ray, self.features, self.gallery, todo, self.kinds, self.max_pixels, workers)
+            extracted = extract_on_ray(ray, self.features, self.gallery, todo, self.kinds, self.max_pixels,
+                                       ray_workers or os.cpu_count() or 1)
         else:
             extracted = self.extract_locally(todo, workers)
         try:
@@ -199,7 +202,10 @@ class Updater:
         manifest["updated"] = time.time()
         self.store.commit()
         self.store.remove_unused()
-        remove_unused_vectors(self.store, learned_before, shards_before)
+        try:
+            remove_unused_vectors(self.store, learned_before, shards_before)
+        except BackendError as exc:  # committed already: what is left in Milvus is dropped by a later update
+            report.notes.append(f"old regions stay in Milvus for now: {exc}")
         return report
 
     def _compact_if_sparse(self, batch: int = 4096) -> None:

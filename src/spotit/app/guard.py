@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse
@@ -114,13 +113,18 @@ class Guard:
 
 
 class RedactToken(logging.Filter):
-    """Takes the token out of access-log lines (`GET /?token=...`), which end up in files and terminals."""
+    """Takes the query string out of access-log lines that may carry the token (`GET /?token=...`, also
+    percent-encoded), which end up in files and terminals."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(re.sub(r"(token=)[^&\s]*", r"\1***", a) if isinstance(a, str) else a
-                                for a in record.args)
+            record.args = tuple(_redacted(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+
+def _redacted(text: str) -> str:
+    path, mark, query = text.partition("?")
+    return f"{path}?***" if mark and "token" in unquote(query).lower() else text
 
 
 def _replay(body: bytes, receive):

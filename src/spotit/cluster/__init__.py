@@ -25,3 +25,9 @@ def available(module: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def first_line(exc: BaseException, last: bool = False) -> str:
+    """An exception's message as one line (its first, or its `last`), for errors said in one line."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[-1 if last else 0][:300]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, SpotitError
-from . import require
+from . import first_line, require
 
 TOKEN_ENV = "SPOTIT_MILVUS_TOKEN"
 BATCH = 2000  # rows per insert: well under Milvus' 64 MB message limit at 512 float32 dims
@@ -77,10 +77,6 @@ def client(uri: str):
         return _clients[uri]
 
 
-def first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 @contextlib.contextmanager
 def failures(what: str):
     """Any error of pymilvus or of the server, as a one-line SpotitError saying what failed."""
@@ -97,13 +93,17 @@ def collection_name(uid: str, version: int) -> str:
 
 
 class MilvusRegions:
-    """One learned version's regions in Milvus: `add` them shard by shard, `search` them like a faiss index."""
+    """One learned version's regions in Milvus: `add` them shard by shard, `search` them like a faiss index.
+    It connects when first used: an index leaving an unreachable Milvus must not need it."""
 
     def __init__(self, uri: str, name: str, conf: dict = confs["milvus"]):
         self.uri, self.name, self.conf = uri, name, conf
-        self.client = client(uri)
         self.nprobe = None  # what ApproximateRegions sets on faiss indexes; unused here
         self.loaded = False
+
+    @property
+    def client(self):
+        return client(self.uri)
 
     def create(self, dims: int) -> "MilvusRegions":
         """Make the (empty) collection; an earlier one of this name, left by an interrupted update, is replaced."""
@@ -117,7 +117,8 @@ class MilvusRegions:
             schema.add_field("region", DataType.FLOAT_VECTOR, dim=int(dims))
             params = self.client.prepare_index_params()
             params.add_index("region", **self.conf["lite_index" if is_lite(self.uri) else "server_index"])
-            self.client.create_collection(self.name, schema=schema, index_params=params)
+            # strong: a search right after the commit that switched to this collection sees all of it
+            self.client.create_collection(self.name, schema=schema, index_params=params, consistency_level="Strong")
         return self
 
     def add(self, ids: np.ndarray, regions: np.ndarray) -> None:
@@ -141,7 +142,8 @@ class MilvusRegions:
                 self.client.load_collection(self.name)
                 self.loaded = True
             hits = self.client.search(self.name, data=np.ascontiguousarray(vectors, np.float32), limit=int(k),
-                                      anns_field="region", output_fields=["id"], search_params=params)
+                                      anns_field="region", output_fields=["id"], search_params=params,
+                                      consistency_level="Strong")
         except Exception as exc:
             raise MilvusGone(first_line(exc)) from None
         sims = np.full((len(vectors), k), -np.inf, np.float32)

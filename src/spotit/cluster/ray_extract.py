@@ -7,15 +7,18 @@ network access to make it) must be at the same path on every node, e.g. a shared
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import signal
+import threading
 
 import numpy as np
 
 from ..errors import BackendError
 from ..extractors import Extractors
-from . import require
+from . import first_line, require
 
 BATCH = 4  # photos per task: small, so a worker that dies loses little and the writer commits steadily
 
@@ -27,6 +30,8 @@ class _Extract:
                  max_pixels: int | None):
         import cv2
 
+        if not os.path.isdir(gallery):  # else every photo would come back "not found", and drop out of the index
+            raise RuntimeError(f"gallery {gallery} is not mounted on Ray node {os.uname().nodename}")
         os.environ["SPOTIT_CACHE"] = cache
         cv2.setNumThreads(1)  # one photo at a time per worker, one core each
         self.features = Extractors(root, manifest, weights)
@@ -53,20 +58,33 @@ def connect(address: str, workers: int):
         return ray, False
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ core logs warnings as errors on stderr
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    try:
-        if address == "local":
-            ray.init(num_cpus=workers, **options)
-        else:
-            ray.init(address=address, **options)
-    except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
-        raise BackendError(f"cannot connect to Ray at {address}: {str(exc).strip().splitlines()[0][:300]}") from None
+    with own_signal_handlers():
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers, **options)
+            else:
+                ray.init(address=address, **options)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
+            raise BackendError(f"cannot connect to Ray at {address}: {first_line(exc)}") from None
     return ray, True
+
+
+@contextlib.contextmanager
+def own_signal_handlers():
+    """Keep spotit's SIGINT/SIGTERM handlers (commit the finished photos, then stop) over the ones Ray installs."""
+    on_main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def extract_on_ray(address: str, features: Extractors, gallery: str, todo: list[str], kinds: list[str],
                    max_pixels: int | None, workers: int):
     """(name, stamp or None, features or why skipped) of each photo of `todo`, in order, extracted by
-    `workers` Ray workers (on a cluster: as many as it has CPUs, when `address` is not "local")."""
+    `workers` Ray workers ("local": a Ray started here with that many CPUs; a cluster: one per CPU it has)."""
     from .. import backbones
 
     ray, started = connect(address, workers)
@@ -81,12 +99,16 @@ def extract_on_ray(address: str, features: Extractors, gallery: str, todo: list[
             fn_constructor_kwargs={"root": str(features.root), "manifest": features.manifest,
                                    "weights": features.weights, "cache": str(backbones.cache_dir()),
                                    "gallery": gallery, "kinds": kinds, "max_pixels": max_pixels})
+        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in batches:
                 for payload in batch["payload"]:
                     yield pickle.loads(payload)
         except Exception as exc:  # a task that failed on every retry, a lost cluster: Ray's own error types
-            raise BackendError(f"extraction on Ray failed: {str(exc).strip().splitlines()[-1][:300]}") from None
+            raise BackendError(f"extraction on Ray failed: {first_line(exc, last=True)}") from None
+        finally:
+            getattr(batches, "close", lambda: None)()  # its executor stops before Ray does
     finally:
         if started:
-            ray.shutdown()
+            with own_signal_handlers():
+                ray.shutdown()
