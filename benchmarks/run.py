@@ -145,12 +145,12 @@ def write_markdown(results: dict) -> None:
                   "| set | photos | vectors | queries | mAP | N-S | query median s | query p95 s | peak memory GiB | "
                   "open to first answer s | KiB/photo | shortlist recall@100 | build s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in json.loads(scale.read_text()).values():
+        for r in sorted(json.loads(scale.read_text()).values(), key=lambda r: (r["dataset"], r["images"])):
             lines.append(f"| {r['dataset']} | {r['images']:,} | {r['vectors']} | {r['queries']} | {fmt(r['map'])} | "
                          f"{fmt(r['ns'])} | {fmt(r['query_s_median'])} | {fmt(r['query_s_p95'])} | "
                          f"{r['peak_rss_bytes'] / 2**30:.2f} | {fmt(r['open_to_first_answer_s'], 1)} | "
                          f"{r['index_bytes_per_image'] / 1024:.1f} | {fmt(r.get('shortlist_recall@100'))} | "
-                         f"{fmt(r.get('build_s'), 0)} |")
+                         f"{fmt(r.get('build_s'), 0) if (r.get('build_s') or 0) >= 1 else 'reused'} |")
     compression = HERE / "compression.json"
     if compression.is_file():
         lines += ["", "## Size and quality of the verification features", "",
