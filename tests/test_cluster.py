@@ -123,18 +123,43 @@ def test_an_unreachable_milvus_server_is_one_line(demo, tmp_path, capsys):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--vectors",
-                 f"http://127.0.0.1:{port}", "--quiet"])
+                 f"http://user:secretpw@127.0.0.1:{port}", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "Milvus" in err and "Traceback" not in err
-    # the photos' features are kept: the index is valid, and the next update with a reachable store goes on
-    assert len(Index.open(tmp_path / "idx")) == 20
+    assert code == 2 and "cannot open Milvus" in err and "Traceback" not in err and "secretpw" not in err
+    # refused before anything is recorded: the next plain update builds a faiss index
+    assert main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet"]) == 0
+    assert Index.open(tmp_path / "idx").manifest["vectors"] == "auto"
+
+
+def test_an_unreachable_ray_cluster_is_one_line_at_once(demo, tmp_path, capsys):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--method", "cnn", "--quiet",
+                 "--ray", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach Ray" in err and "Traceback" not in err
+    assert time.perf_counter() - started < 30
 
 
 def test_without_ray_the_update_falls_back_to_threads(demo, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     index = Index.create(tmp_path / "index", demo["gallery"], ["cnn"])
+    with pytest.raises(SpotitError, match=r"--ray ray://head:10001 needs ray.*pip install"):
+        index.update(progress=False, ray="ray://head:10001")  # a named cluster: no silent fallback
     report = index.update(progress=False, ray="local")
     assert report.added == 20 and any("Ray is not installed" in note for note in report.notes)
+
+
+def test_without_the_extra_a_milvus_choice_is_one_line_and_not_recorded(demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pymilvus", None)
+    assert main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--method", "cnn", "--vectors",
+                 str(tmp_path / "x.db"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'spotit[cluster]'" in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()
 
 
 @pytest.mark.slow

@@ -93,7 +93,8 @@ def cmd_index(args) -> int:
         saved = len(Index.open(index.store.root))
         eprint(f"interrupted: {saved} images are saved in {index.store.root}; run the same command to resume")
         return 130
-    say(f"index {index.store.root}: {len(index)} images ({', '.join(index.methods)}; backbone {index.manifest['backbone']})")
+    where = f"; {shortlist_place(index.store.learned)}" if "regional" in index.methods and len(index) else ""
+    say(f"index {index.store.root}: {len(index)} images ({', '.join(index.methods)}; backbone {index.manifest['backbone']}{where})")
     say(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
     if report.processed:
         say(f"  {report.images_per_s:.1f} images/s")
@@ -104,6 +105,17 @@ def cmd_index(args) -> int:
         for name, reason in sorted(report.skipped):
             say(f"    {format_name(name)}: {reason}")
     return 0
+
+
+def shortlist_place(learned: dict | None) -> str:
+    """Where the region shortlist is searched, as the index summary says it."""
+    if not learned:
+        return "region shortlist in memory"
+    if learned["vectors"] == "milvus":
+        from .cluster import public
+
+        return f"region shortlist in Milvus at {public(learned['uri'])}"
+    return f"region shortlist in faiss ({learned['vectors']})"
 
 
 # ---- spotit search ---------------------------------------------------------------------------------
@@ -421,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--milvus-token", metavar="TOKEN",
                    help=f"token of a Milvus server (default: ${MILVUS_TOKEN_ENV}; searches read it from there, never from the index)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="extract on a Ray cluster (Ray Data): its ADDRESS (ray://host:10001 or auto), or none for a local "
-                        "one with a worker per core; without Ray installed, local threads")
+                   help="extract on a Ray cluster (Ray Data): its ADDRESS (host:6379, ray://host:10001 or auto), or none "
+                        "for a local one with a worker per core (put a bare --ray after GALLERY); without Ray installed, "
+                        "a bare --ray uses local threads")
     add_max_pixels_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

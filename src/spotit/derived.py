@@ -189,15 +189,16 @@ def write_base(store: Store, learned: "Learned") -> None:
 def remove_unused_vectors(store: Store, before: dict | None, shards_before: set[str]) -> None:
     """After a commit: drop the Milvus collections of this index that no committed state uses (learned
     versions replaced, a Milvus left for faiss), and the regions of shards that compaction replaced."""
-    now = store.learned or {}
+    now, before = store.learned or {}, before or {}
     from .cluster.milvus import drop_unused
 
-    for learned in {id(x): x for x in (before or {}, now)}.values():
-        if learned.get("vectors") == "milvus":
-            keep = now.get("collection") if learned["uri"] == now.get("uri") else None
-            drop_unused(learned["uri"], store.manifest.get("uid", ""), keep)
+    if (before.get("uri"), before.get("collection")) != (now.get("uri"), now.get("collection")):
+        for learned in (before, now):  # only when the learned parts changed: else there is nothing to drop
+            if learned.get("vectors") == "milvus":
+                keep = now.get("collection") if learned["uri"] == now.get("uri") else None
+                drop_unused(learned["uri"], store.manifest.get("uid", ""), keep)
     current = milvus_regions(now)
-    if current is not None and before and before.get("collection") == now.get("collection"):
+    if current is not None and before.get("collection") == now.get("collection"):
         for shard in shards_before - set(store.live_shards()):
             low = vectors.photo_vid(vectors.shard_number(shard), 0) * vectors.ID_STRIDE
             current.delete_range(low, low + (vectors.ID_STRIDE << vectors.ROW_BITS))

@@ -52,6 +52,10 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
     methods = check_methods(methods)
     if vectors_choice is not None:
         vectors_choice = vectors.parse_choice(vectors_choice)  # refuses an unknown one
+        if vectors.resolve(vectors_choice, 0) == "milvus":  # reachable, before the index records it
+            from .cluster.milvus import client
+
+            client(vectors_choice)
     backbones.check_backbone(backbone)
     check_index_folder(path)
     gallery_path = Path(gallery).resolve() if gallery is not None else None

@@ -214,7 +214,9 @@ class MilvusSearch:
         except MilvusGone as exc:
             if self.store.changed():
                 raise SnapshotGone(f"Milvus collection {self.regions.name} was replaced by a newer commit") from None
-            raise BackendError(f"searching Milvus at {self.regions.uri} failed: {exc}") from None
+            from .cluster import public
+
+            raise BackendError(f"searching Milvus at {public(self.regions.uri)} failed: {exc}") from None
 
 
 class Searcher:

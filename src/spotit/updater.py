@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
 from .extractors import DENSE_KINDS, Extractors
-from .cluster import EXTRA, available
+from .cluster import EXTRA, available, require
 from .errors import BackendError
 from .derived import Learned, bring_up_to_date, remove_unused_vectors
 from .lifecycle import kinds_of
@@ -160,6 +160,8 @@ class Updater:
         if on_progress is not None:
             on_progress(0, len(todo))
         if ray is not None and todo and not available("ray"):
+            if ray != "local":  # a cluster was named: threads here are not what was asked for
+                require("ray", f"--ray {ray}")
             report.notes.append(f"Ray is not installed ({EXTRA}): extracted with local threads")
             ray = None
         if ray is not None and todo:

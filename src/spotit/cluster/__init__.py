@@ -5,6 +5,7 @@ Both need the optional extra `pip install 'spotit[cluster]'`; `require` says so 
 from __future__ import annotations
 
 import importlib
+import re
 
 from ..errors import SpotitError
 
@@ -28,6 +29,13 @@ def available(module: str) -> bool:
 
 
 def first_line(exc: BaseException, last: bool = False) -> str:
-    """An exception's message as one line (its first, or its `last`), for errors said in one line."""
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    """An exception's message as one line (its first, or its `last`), for errors said in one line;
+    pymilvus' exceptions give their message, not their repr."""
+    text = getattr(exc, "message", None)
+    lines = str(text if isinstance(text, str) and text else exc).strip().splitlines() or [type(exc).__name__]
     return lines[-1 if last else 0][:300]
+
+
+def public(address: str) -> str:
+    """An address as it may be shown: without a user name and password in it."""
+    return re.sub(r"(?<=://)[^/@]*@", "", address)

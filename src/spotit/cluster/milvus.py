@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, SpotitError
-from . import first_line, require
+from . import first_line, public, require
 
 TOKEN_ENV = "SPOTIT_MILVUS_TOKEN"
 BATCH = 2000  # rows per insert: well under Milvus' 64 MB message limit at 512 float32 dims
@@ -63,7 +63,7 @@ def client(uri: str):
             # gRPC's own log (read when it is imported) reports Milvus Lite's keep-alive refusals as errors,
             # though the client reconnects by itself
             os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-            pymilvus = require("pymilvus", f"vectors in Milvus ({uri})")
+            pymilvus = require("pymilvus", f"vectors in Milvus ({public(uri)})")
             # their failures are said once, by spotit; pymilvus asks Milvus Lite for calls it lacks, which its
             # in-process gRPC server logs as errors though the client goes on without them
             for logger in ("pymilvus", "grpc._server", "milvus_lite"):
@@ -72,8 +72,8 @@ def client(uri: str):
                 _clients[uri] = pymilvus.MilvusClient(uri, token=os.environ.get(TOKEN_ENV, ""))
             except Exception as exc:  # pymilvus raises its own types, and OSError or RuntimeError from Lite
                 hint = ("a Milvus Lite file opens in one process at a time; use a Milvus server to share it"
-                        if is_lite(uri) else f"is the server up, and is ${TOKEN_ENV} right?")
-                raise BackendError(f"cannot open Milvus at {uri}: {first_line(exc)} ({hint})") from None
+                        if is_lite(uri) else "is the server up, and is the token right?")
+                raise BackendError(f"cannot open Milvus at {public(uri)}: {first_line(exc)} ({hint})") from None
         return _clients[uri]
 
 
@@ -107,10 +107,11 @@ class MilvusRegions:
 
     def create(self, dims: int) -> "MilvusRegions":
         """Make the (empty) collection; an earlier one of this name, left by an interrupted update, is replaced."""
+        mine = self.client  # first: it says so in one line when pymilvus is not installed
         from pymilvus import DataType
 
-        with failures(f"creating collection {self.name} in Milvus at {self.uri}"):
-            if self.client.has_collection(self.name):
+        with failures(f"creating collection {self.name} in Milvus at {public(self.uri)}"):
+            if mine.has_collection(self.name):
                 self.client.drop_collection(self.name)
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
@@ -124,14 +125,14 @@ class MilvusRegions:
     def add(self, ids: np.ndarray, regions: np.ndarray) -> None:
         """Insert (or replace: a shard derived again after an interruption) regions under their ids."""
         regions = np.ascontiguousarray(regions, np.float32)
-        with failures(f"writing regions to {self.name} in Milvus at {self.uri}"):
+        with failures(f"writing regions to {self.name} in Milvus at {public(self.uri)}"):
             for start in range(0, len(ids), BATCH):
                 rows = [{"id": int(i), "region": v} for i, v in zip(ids[start:start + BATCH], regions[start:start + BATCH])]
                 self.client.upsert(self.name, rows)
 
     def delete_range(self, low: int, high: int) -> None:
         """Remove the regions with ids in [low, high): a shard that compaction replaced."""
-        with failures(f"deleting regions from {self.name} in Milvus at {self.uri}"):
+        with failures(f"deleting regions from {self.name} in Milvus at {public(self.uri)}"):
             self.client.delete(self.name, filter=f"id >= {int(low)} and id < {int(high)}")
 
     def search(self, vectors: np.ndarray, k: int):
@@ -144,6 +145,8 @@ class MilvusRegions:
             hits = self.client.search(self.name, data=np.ascontiguousarray(vectors, np.float32), limit=int(k),
                                       anns_field="region", output_fields=["id"], search_params=params,
                                       consistency_level="Strong")
+        except SpotitError:
+            raise  # cannot connect at all: said as it is
         except Exception as exc:
             raise MilvusGone(first_line(exc)) from None
         sims = np.full((len(vectors), k), -np.inf, np.float32)
@@ -162,7 +165,7 @@ def drop_unused(uri: str, uid: str, keep: str | None) -> None:
     """Drop this index's collections in Milvus at `uri` except `keep`."""
     pattern = re.compile(rf"spotit_{re.escape(uid)}_\d+")
     mine = client(uri)
-    with failures(f"dropping unused collections in Milvus at {uri}"):
+    with failures(f"dropping unused collections in Milvus at {public(uri)}"):
         for name in mine.list_collections():
             if pattern.fullmatch(name) and name != keep:
                 mine.drop_collection(name)

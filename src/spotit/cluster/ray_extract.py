@@ -12,13 +12,14 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import threading
 
 import numpy as np
 
 from ..errors import BackendError
 from ..extractors import Extractors
-from . import first_line, require
+from . import first_line, public, require
 
 BATCH = 4  # photos per task: small, so a worker that dies loses little and the writer commits steadily
 
@@ -47,6 +48,11 @@ class _Extract:
         return {"payload": np.array(done, dtype=object)}
 
 
+def extraction_settings(manifest: dict) -> dict:
+    """What a worker needs of the index's settings to extract as the writer would (small: sent to each)."""
+    return {key: manifest.get(key) for key in ("backbone", "weights", "weights_sha256", "confs")}
+
+
 def connect(address: str, workers: int):
     """Ray, connected: to the cluster at `address`, or to a local one of `workers` CPUs ("local");
     an already connected Ray is used as it is. Returns (ray, whether this call started it)."""
@@ -56,7 +62,7 @@ def connect(address: str, workers: int):
         logging.getLogger(logger).setLevel(logging.ERROR)
     if ray.is_initialized():
         return ray, False
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ core logs warnings as errors on stderr
+    check_reachable(address)
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     with own_signal_handlers():
         try:
@@ -67,6 +73,18 @@ def connect(address: str, workers: int):
         except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
             raise BackendError(f"cannot connect to Ray at {address}: {first_line(exc)}") from None
     return ray, True
+
+
+def check_reachable(address: str, timeout: float = 5) -> None:
+    """A cluster address (host:port or ray://host:port) must answer at once: Ray itself retries for minutes."""
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        raise BackendError(f"cannot reach Ray at {public(address)}: nothing answers there (give the head node's "
+                           "host:port, or ray://host:10001 for a Ray client server)") from None
 
 
 @contextlib.contextmanager
@@ -96,7 +114,7 @@ def extract_on_ray(address: str, features: Extractors, gallery: str, todo: list[
         dataset = ray.data.from_items([{"name": name} for name in todo]).map_batches(
             _Extract, batch_size=BATCH, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
             batch_format="numpy",
-            fn_constructor_kwargs={"root": str(features.root), "manifest": features.manifest,
+            fn_constructor_kwargs={"root": str(features.root), "manifest": extraction_settings(features.manifest),
                                    "weights": features.weights, "cache": str(backbones.cache_dir()),
                                    "gallery": gallery, "kinds": kinds, "max_pixels": max_pixels})
         batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
