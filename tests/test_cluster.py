@@ -258,10 +258,13 @@ print(json.dumps({"seen": seen, "errors": errors}))
 
 @pytest.mark.slow
 def test_two_searchers_share_a_milvus_server_while_a_third_process_updates(milvus_server, demo, tmp_path):
+    """As on several machines: shortlist and catalogue in Milvus, nothing in the folder that needs shared memory."""
     gallery = tmp_path / "gallery"
     shutil.copytree(demo["gallery"], gallery)
     index_dir = tmp_path / "index"
-    assert main(["index", str(gallery), "--index", str(index_dir), "--vectors", milvus_server, "--quiet"]) == 0
+    assert main(["index", str(gallery), "--index", str(index_dir), "--vectors", milvus_server,
+                 "--catalogue", milvus_server, "--quiet"]) == 0
+    assert not (index_dir / "catalogue.db").exists()
     searchers = [subprocess.Popen([sys.executable, "-c", SEARCHER, str(index_dir), str(demo["query"]),
                                    json.dumps(list(demo["box"])), "40"], stdout=subprocess.PIPE, text=True)
                  for _ in range(2)]
@@ -338,3 +341,127 @@ def test_an_index_can_leave_a_milvus_that_is_down(demo, tmp_path, monkeypatch):
     assert index.store.learned["vectors"] == "exact" and report.processed == 0
     assert any("old regions stay in Milvus" in note for note in report.notes)
     assert top_lists(index, demo) == expected
+
+
+# ---- the catalogue in Milvus: an index folder that several machines share ---------------------------
+def test_a_catalogue_in_milvus_serves_as_the_sqlite_one_does(faiss_index, demo, lite_uri, tmp_path, capsys):
+    index_dir = tmp_path / "index"
+    assert main(["index", str(demo["gallery"]), "--index", str(index_dir), "--method", "hybrid", "--vectors", "faiss",
+                 "--catalogue", lite_uri]) == 0
+    assert f"catalogue in Milvus at {lite_uri}" in capsys.readouterr().out
+    assert not (index_dir / "catalogue.db").exists() and (index_dir / "catalogue.milvus.json").is_file()
+    assert top_lists(Index.open(index_dir), demo) == top_lists(faiss_index, demo)
+
+
+def test_a_copy_of_a_folder_whose_catalogue_is_in_milvus_is_refused(demo, lite_uri, tmp_path):
+    Index.create(tmp_path / "original", demo["gallery"], ["cnn"], catalogue=lite_uri).update(progress=False)
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    with pytest.raises(SpotitError, match="is a copy of an index whose catalogue is in Milvus"):
+        Index.open(tmp_path / "copy")
+    assert len(Index.open(tmp_path / "original")) == 20
+
+
+def catalogue_in_lite(root: Path, uri: str):
+    from spotit.cluster.milvus_catalogue import MilvusCatalogue
+
+    root.mkdir()
+    catalogue = MilvusCatalogue.new(root, uri)
+    catalogue.create({"generation": 1})
+    catalogue.point()
+    return catalogue
+
+
+def commit(catalogue, generation: int, images, changes: dict) -> None:
+    for name, entry in changes.items():
+        if entry is None:
+            del images[name]
+        else:
+            images[name] = entry
+    catalogue.commit({"generation": generation}, images)
+
+
+def entry(shard: str, row: int = 0) -> dict:
+    return {"shard": shard, "row": row, "size": 10, "mtime_ns": 5, "width": 4, "height": 3}
+
+
+def test_a_milvus_catalogue_reader_sees_whole_commits_only(lite_uri, tmp_path, monkeypatch):
+    """Readers of an older generation keep it while newer ones are written; an unfinished commit is invisible
+    and the next writer clears it."""
+    from spotit.catalogue import Images
+    from spotit.cluster.milvus_catalogue import MilvusCatalogue
+
+    writer = catalogue_in_lite(tmp_path / "index", lite_uri)
+    images = Images()
+    commit(writer, 2, images, {"a.jpg": entry("s1"), "b\udce9.jpg": entry("s1", 1)})  # a name that is not UTF-8
+    commit(writer, 3, images, {"a.jpg": entry("s2"), "b\udce9.jpg": None, "c.jpg": entry("s2", 1)})
+    reader = MilvusCatalogue.at(tmp_path / "index")
+    assert reader.images(2) == {"a.jpg": entry("s1"), "b\udce9.jpg": entry("s1", 1)}
+    assert reader.images(3) == {"a.jpg": entry("s2"), "c.jpg": entry("s2", 1)}
+    assert reader.columns(3).names == ["a.jpg", "c.jpg"] and reader.generation() == 3
+
+    insert = writer.client.insert
+
+    def dies_before_the_head(collection, rows):
+        if collection == writer.heads and rows[0]["part"] == 0:
+            raise ConnectionError("the writer's machine died")
+        return insert(collection, rows)
+    monkeypatch.setattr(writer.client, "insert", dies_before_the_head)
+    with pytest.raises(SpotitError, match="writing the catalogue"):
+        commit(writer, 4, images, {"d.jpg": entry("s3"), "a.jpg": None})
+    monkeypatch.undo()
+    assert writer.client.query(writer.photos, filter="born == 4", output_fields=["key"])  # rows it left
+    assert reader.generation() == 3 and reader.images(3) == {"a.jpg": entry("s2"), "c.jpg": entry("s2", 1)}
+
+    writer = MilvusCatalogue.at(tmp_path / "index")  # the next writer
+    images = writer.images(3)
+    commit(writer, 4, images, {"e.jpg": entry("s4")})
+    assert reader.images(4) == {"a.jpg": entry("s2"), "c.jpg": entry("s2", 1), "e.jpg": entry("s4")}
+    assert reader.state() == {"generation": 4}
+
+
+def test_a_milvus_catalogue_deletes_old_entries_and_tells_a_late_reader(lite_uri, tmp_path, monkeypatch):
+    from spotit.catalogue import Changed, Images
+    from spotit.cluster import milvus_catalogue
+
+    monkeypatch.setattr(milvus_catalogue, "KEEP", 2)
+    writer = catalogue_in_lite(tmp_path / "index", lite_uri)
+    images = Images()
+    for generation in range(2, 8):
+        commit(writer, generation, images, {"a.jpg": entry(f"s{generation}")})
+    assert writer.images(7) == {"a.jpg": entry("s7")}
+    assert len(writer.client.query(writer.photos, filter="born >= 0", output_fields=["key"])) <= 3
+    with pytest.raises(Changed):
+        writer.images(3)
+
+
+def test_moving_the_catalogue_to_milvus_and_back_needs_a_rebuild(demo, lite_uri, tmp_path, capsys):
+    from spotit.cluster.milvus import client
+
+    index_dir = tmp_path / "index"
+    args = ["index", str(demo["gallery"]), "--index", str(index_dir), "--method", "cnn", "--quiet"]
+    assert main(args) == 0
+    expected = [h.id for h in Index.open(index_dir).search(demo["query"], [demo["box"]], top=5)]
+    assert main([*args, "--catalogue", lite_uri]) == 2
+    assert "add --rebuild" in capsys.readouterr().err and (index_dir / "catalogue.db").is_file()
+    assert main([*args, "--catalogue", lite_uri, "--rebuild"]) == 0
+    assert not (index_dir / "catalogue.db").exists()
+    assert [h.id for h in Index.open(index_dir).search(demo["query"], [demo["box"]], top=5)] == expected
+    prefix = json.loads((index_dir / "catalogue.milvus.json").read_text())["prefix"]
+    assert main([*args, "--catalogue", "sqlite", "--rebuild"]) == 0
+    assert (index_dir / "catalogue.db").is_file() and not (index_dir / "catalogue.milvus.json").exists()
+    assert not [n for n in client(lite_uri).list_collections() if n.startswith(prefix)]
+    assert [h.id for h in Index.open(index_dir).search(demo["query"], [demo["box"]], top=5)] == expected
+
+
+@pytest.mark.parametrize("choice, message", [("postgres://x", "--catalogue postgres://x: give sqlite"),
+                                             ("http://127.0.0.1:{port}", "cannot open Milvus")])
+def test_a_bad_or_unreachable_catalogue_is_one_line_and_writes_nothing(demo, tmp_path, capsys, choice, message):
+    pytest.importorskip("pymilvus")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--catalogue",
+                 choice.format(port=port), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()

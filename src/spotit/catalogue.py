@@ -105,9 +105,83 @@ class Changed(Exception):
     """The catalogue holds a newer commit than the generation asked for."""
 
 
+def row_of(name: str, entry: dict) -> tuple:
+    """A photo's catalogue row: (name as bytes, *_FIELDS, stale)."""
+    return (encode(name), *(entry.get(k) for k in _FIELDS), int(bool(entry.get("stale"))))
+
+
+def images_of(rows) -> Images:
+    """The entries of catalogue rows (in catalogue order)."""
+    images = Images()
+    for name, *values, stale in rows:
+        entry = dict(zip(_FIELDS, values))
+        if stale:
+            entry["stale"] = True
+        dict.__setitem__(images, decode(name), entry)
+    return images
+
+
+def columns_of(rows) -> Columns:
+    """Catalogue rows (in catalogue order) as arrays."""
+    shards: dict[str, int] = {}
+    numbers = np.array([(shards.setdefault(shard, len(shards)), row, width or 0, height or 0, size or 0, mtime or 0)
+                        for _, shard, row, size, mtime, width, height, _ in rows], np.int64).reshape(-1, 6)
+    return Columns([decode(r[0]) for r in rows], list(shards), numbers[:, 0].astype(np.int32),
+                   numbers[:, 1].astype(np.int32), numbers[:, 2].astype(np.int32), numbers[:, 3].astype(np.int32),
+                   numbers[:, 4], numbers[:, 5])
+
+
+def catalogue_at(root: str | os.PathLike):
+    """The catalogue of the index folder `root`: the SQLite one inside it, unless the folder points to one in
+    Milvus (an index that several machines share: cluster/milvus_catalogue.py)."""
+    from .cluster.milvus_catalogue import POINTER, MilvusCatalogue  # pymilvus is imported only when used
+
+    return MilvusCatalogue.at(Path(root)) if (Path(root) / POINTER).is_file() else Catalogue(root)
+
+
+def catalogue_for(root: str | os.PathLike, where: str | None):
+    """The catalogue a new state of the folder `root` goes to: where it is now, or `where` ("sqlite", or a
+    Milvus URI) if given; it becomes the folder's with `make_current` once it holds that state."""
+    current = catalogue_at(root)
+    if where is None or where == describe(current):
+        return current
+    if where == "sqlite":
+        return Catalogue(root)
+    from .cluster.milvus_catalogue import MilvusCatalogue
+
+    wanted = MilvusCatalogue.new(Path(root), where)
+    return current if wanted.uri == getattr(current, "uri", None) else wanted
+
+
+def describe(catalogue) -> str:
+    """"sqlite", or the Milvus URI that holds the catalogue."""
+    return getattr(catalogue, "uri", "sqlite")
+
+
+def make_current(root: str | os.PathLike, catalogue) -> None:
+    """Point the folder `root` to `catalogue` (which holds a committed state) and remove the one it replaces."""
+    current = catalogue_at(root)
+    if isinstance(catalogue, Catalogue):
+        if not isinstance(current, Catalogue):
+            current.path.unlink()
+            current.drop()
+        return
+    if getattr(current, "prefix", None) == catalogue.prefix:
+        return
+    catalogue.point()
+    if isinstance(current, Catalogue):
+        for name in (FILE, *SIDE_FILES):
+            (Path(root) / name).unlink(missing_ok=True)
+    else:
+        current.drop()
+
+
 class Catalogue:
-    def __init__(self, root: Path):
+    def __init__(self, root: str | os.PathLike):
         self.path = Path(root) / FILE
+
+    def __str__(self) -> str:
+        return str(self.path)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -153,7 +227,7 @@ class Catalogue:
             if entry is None:
                 gone.append((encode(name),))
             else:
-                rows.append((encode(name), *(entry.get(k) for k in _FIELDS), int(bool(entry.get("stale")))))
+                rows.append(row_of(name, entry))
         connection = self._connect()
         try:
             connection.execute("PRAGMA synchronous = FULL")
@@ -207,25 +281,11 @@ class Catalogue:
 
     def images(self, generation: int) -> Images:
         """Every photo's entry in the commit `generation` (what a writer works on)."""
-        rows = self._snapshot_query(generation, "SELECT * FROM images ORDER BY name")
-        images = Images()
-        for name, *values, stale in rows:
-            entry = dict(zip(_FIELDS, values))
-            if stale:
-                entry["stale"] = True
-            dict.__setitem__(images, decode(name), entry)
-        return images
+        return images_of(self._snapshot_query(generation, "SELECT * FROM images ORDER BY name"))
 
     def columns(self, generation: int) -> Columns:
         """Every photo of the commit `generation` as arrays (what a search process holds)."""
-        rows = self._snapshot_query(
-            generation, "SELECT name, shard, row, width, height, size, mtime_ns FROM images ORDER BY name")
-        shards: dict[str, int] = {}
-        numbers = np.array([(shards.setdefault(r[1], len(shards)), r[2], r[3] or 0, r[4] or 0, r[5] or 0, r[6] or 0)
-                            for r in rows], np.int64).reshape(-1, 6)
-        return Columns([decode(r[0]) for r in rows], list(shards), numbers[:, 0].astype(np.int32),
-                       numbers[:, 1].astype(np.int32), numbers[:, 2].astype(np.int32), numbers[:, 3].astype(np.int32),
-                       numbers[:, 4], numbers[:, 5])
+        return columns_of(self._snapshot_query(generation, "SELECT * FROM images ORDER BY name"))
 
     def generation(self) -> int | None:
         state = self.state()

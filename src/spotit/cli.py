@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__, backbones, vectors
+from .catalogue import describe
 from .errors import SpotitError
 from .fileio import check_output_dir, check_output_file
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
@@ -86,7 +87,8 @@ def cmd_index(args) -> int:
     if args.milvus_token:
         os.environ[MILVUS_TOKEN_ENV] = args.milvus_token
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
-                                 rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors)
+                                 rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors,
+                                 catalogue=args.catalogue)
     try:
         report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels, ray=args.ray)
     except KeyboardInterrupt:
@@ -94,6 +96,8 @@ def cmd_index(args) -> int:
         eprint(f"interrupted: {saved} images are saved in {index.store.root}; run the same command to resume")
         return 130
     where = f"; {shortlist_place(index.store.learned)}" if "regional" in index.methods and len(index) else ""
+    if describe(index.store.catalogue) != "sqlite":
+        where += f"; catalogue in {index.store.catalogue}"
     say(f"index {index.store.root}: {len(index)} images ({', '.join(index.methods)}; backbone {index.manifest['backbone']}{where})")
     say(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
     if report.processed:
@@ -430,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with PQ codes, best candidates re-scored exactly); or Milvus: a Milvus Lite file (PATH.db, one "
                         "process at a time) or a server (http://host:19530). Recorded in the index: searches and "
                         "`spotit serve` need no flag. Milvus needs pip install 'spotit[cluster]'")
+    p.add_argument("--catalogue", metavar="sqlite|URI",
+                   help="where the catalogue (which photos, where their features are) lives: sqlite, inside the index "
+                        "folder (the default), or a Milvus server (http://host:19530) for an index folder on a shared "
+                        "file system that spotit processes on several machines open; moving it needs --rebuild")
     p.add_argument("--milvus-token", metavar="TOKEN",
                    help=f"token of a Milvus server (default: ${MILVUS_TOKEN_ENV}; searches read it from there, never from the index)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",

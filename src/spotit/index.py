@@ -77,16 +77,18 @@ class Index:
 
     @classmethod
     def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None,
-               confs: dict | None = None, wait: bool = False, vectors: str | None = None) -> "Index":
+               confs: dict | None = None, wait: bool = False, vectors: str | None = None,
+               catalogue: str | None = None) -> "Index":
         """A new, empty index at `path` (absent or an empty folder). `confs` overrides the named configuration
         of a feature kind, e.g. {"regions": "gem-672"}."""
         return cls.open_or_create(path, gallery, methods, backbone, weights, confs=confs, wait=wait, vectors=vectors,
-                                  _new=True)
+                                  catalogue=catalogue, _new=True)
 
     @classmethod
     def open_or_create(cls, path=None, gallery=None, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE,
                        weights=None, rebuild=False, confs: dict | None = None, moved: bool = False,
-                       wait: bool = False, vectors: str | None = None, _new: bool = False) -> "Index":
+                       wait: bool = False, vectors: str | None = None, catalogue: str | None = None,
+                       _new: bool = False) -> "Index":
         """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one.
 
         `rebuild` extracts every photo again (deleting spotit's own files only; with unchanged settings the
@@ -94,9 +96,11 @@ class Index:
         folder was moved, keeping the features of unchanged photos; `wait` waits for another writer;
         `vectors` chooses the vector index, made by the next update: in faiss, inside the index, "exact",
         "ivfpq" (approximate) or "auto" (by the gallery's size; the default; "faiss" too); or in Milvus:
-        a Milvus Lite file ("regions.db") or a server ("http://host:19530", token from $SPOTIT_MILVUS_TOKEN)."""
+        a Milvus Lite file ("regions.db") or a server ("http://host:19530", token from $SPOTIT_MILVUS_TOKEN).
+        `catalogue` says where the catalogue is: "sqlite" (in the folder; the default), or a Milvus server
+        for a folder that several machines share (on a shared file system); moving it needs `rebuild`."""
         store = lifecycle.open_or_create(Path(path or default_index_dir()).absolute(), gallery, methods, backbone,
-                                         weights, rebuild, confs, moved, wait, _new, vectors)
+                                         weights, rebuild, confs, moved, wait, _new, vectors, catalogue)
         return cls(store, weights)
 
     # ---- what it holds -------------------------------------------------------------------------

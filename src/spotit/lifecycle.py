@@ -11,6 +11,7 @@ from . import backbones, global_features, local_features, vectors
 from .errors import SpotitError
 from .lock import WriterLock
 from .searcher import METHOD_KINDS
+from .catalogue import catalogue_for, describe
 from .store import FORMAT, Store, check_index_folder, read_manifest
 
 METHODS = tuple(METHOD_KINDS)
@@ -46,7 +47,8 @@ def parse_methods(method: str) -> list[str]:
 
 
 def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild: bool, confs: dict | None,
-                   moved: bool, wait: bool, new: bool, vectors_choice: str | None = None) -> Store:
+                   moved: bool, wait: bool, new: bool, vectors_choice: str | None = None,
+                   catalogue_choice: str | None = None) -> Store:
     """The committed state of the index folder `path` after Index.open_or_create's request (see there);
     `new` refuses an existing index."""
     methods = check_methods(methods)
@@ -56,6 +58,13 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
             from .cluster.milvus import client
 
             client(vectors_choice)
+    if catalogue_choice not in (None, "sqlite"):
+        from .cluster.milvus import client, is_uri, normalise_uri
+
+        if not is_uri(catalogue_choice):
+            raise SpotitError(f"--catalogue {catalogue_choice}: give sqlite (in the index folder), a Milvus Lite "
+                              f"file (*.db) or a Milvus server (http(s)://host:19530)")
+        client(normalise_uri(catalogue_choice))  # reachable, before anything is written
     backbones.check_backbone(backbone)
     check_index_folder(path)
     gallery_path = Path(gallery).resolve() if gallery is not None else None
@@ -79,6 +88,10 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
         old = open_for_rebuild(path) if rebuild else Store.open(path) if Store.exists(path) else None
         if old is None and gallery_path is None:
             raise SpotitError(f"no index at {path}: give the gallery folder to build one")
+        moving = old is not None and describe(catalogue_for(path, catalogue_choice)) != describe(old.catalogue)
+        if moving and not rebuild:
+            raise SpotitError(f"the catalogue of {path} is in {old.catalogue}; to move it to {catalogue_choice}, "
+                              f"add --rebuild (every photo is extracted again)")
         settings = None if gallery_path is None else {
             "gallery": str(gallery_path), "methods": sorted(set(methods)), "backbone": backbone,
             "weights": str(Path(weights).resolve()) if weights else None,
@@ -90,14 +103,15 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
         }
         if settings is not None:
             settings["feature_settings"] = feature_settings(backbone, settings["confs"])
-        if old is not None and rebuild and old.manifest.get("format") == FORMAT and same_features(old.manifest, settings):
+        if old is not None and rebuild and not moving and old.manifest.get("format") == FORMAT and \
+                same_features(old.manifest, settings):
             # extract every photo again; until each is replaced, its old features keep serving searches
             mark_stale(old.images)
             old.manifest.update(methods=settings["methods"], skipped={}, vectors=vectors_choice or old.manifest.get("vectors", "auto"))
             old.commit()
             return old
         if old is None or rebuild or (not old.images and not same_features(old.manifest, settings)):
-            store = Store.create(path, {**settings, "weights_sha256": None}, previous=old)
+            store = Store.create(path, {**settings, "weights_sha256": None}, previous=old, catalogue=catalogue_choice)
             store.remove_unused()  # the old state's files, now that nothing points to them
             return store
         adopt(old, gallery_path, methods, backbone, moved, vectors_choice)

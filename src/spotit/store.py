@@ -1,8 +1,10 @@
-"""On-disk index storage: a SQLite catalogue plus HDF5 feature shards, all written atomically.
+"""On-disk index storage: a catalogue (SQLite, or Milvus) plus HDF5 feature shards, all written atomically.
 
 Layout of an index folder:
     catalogue.db         the committed state (catalogue.py): settings, and for every indexed photo its file
                          stamp and where its features are; its `"kind": "spotit-index"` marks the folder
+    catalogue.milvus.json    instead of catalogue.db: where in Milvus the catalogue is, for a folder that
+                         several machines share (cluster/milvus_catalogue.py)
     shards/NNNNNN.h5     features of a batch of images: `names`, one dataset per dense feature kind
                          (one row per name), and one group per local feature kind holding the ragged
                          `offsets` (n+1), `keypoints` (total, 4) and `descriptors` (total, 128)
@@ -32,7 +34,7 @@ import h5py
 import numpy as np
 
 from . import vectors
-from .catalogue import SIDE_FILES, Catalogue, Changed, Columns, Images, in_order
+from .catalogue import SIDE_FILES, Changed, Columns, Images, catalogue_at, catalogue_for, in_order, make_current
 from .errors import SpotitError
 from .fileio import TEMPORARY_PREFIX, FileArray, atomic_path, atomic_write_bytes
 from .local_features import LocalFeatures
@@ -55,7 +57,7 @@ class SnapshotGone(SpotitError):
 def read_manifest(root: Path) -> dict | None:
     """The committed state of a spotit index at `root` (of an older format: its JSON manifest), or None
     when `root` holds no spotit index."""
-    catalogue = Catalogue(root)
+    catalogue = catalogue_at(root)
     if catalogue.exists():
         state = catalogue.state()
         return state if isinstance(state, dict) and state.get("kind") == KIND else None
@@ -109,7 +111,7 @@ class Store:
     def __init__(self, root: Path, manifest: dict, images: dict | None = None):
         self.root = Path(root)
         self.manifest = manifest
-        self.catalogue = Catalogue(self.root)
+        self.catalogue = catalogue_at(self.root)
         self.legacy = is_legacy(manifest)  # made by spotit 0.1: its derived file has the old name
         self._images = Images(images) if images is not None else None
         self._columns: Columns | None = None
@@ -124,7 +126,7 @@ class Store:
         root = Path(root)
         manifest = read_manifest(root)
         if manifest is None:
-            if root.is_dir() and ((root / MANIFEST).is_file() or Catalogue(root).exists()):
+            if root.is_dir() and ((root / MANIFEST).is_file() or catalogue_at(root).exists()):
                 raise SpotitError(f"{root} holds a {MANIFEST} or catalogue that is not a spotit index's")
             raise SpotitError(f"no index at {root}: build one with `spotit index GALLERY --index {root}`")
         if manifest.get("format") != FORMAT:
@@ -146,7 +148,7 @@ class Store:
         try:
             return read(self.manifest["generation"])
         except Changed:
-            raise SnapshotGone(f"{self.catalogue.path} holds a newer commit") from None
+            raise SnapshotGone(f"the catalogue {self.catalogue} holds a newer commit") from None
 
     @property
     def images(self) -> Images:
@@ -162,9 +164,11 @@ class Store:
         return self._columns
 
     @classmethod
-    def create(cls, root: str | os.PathLike, settings: dict, previous: "Store | None" = None) -> "Store":
+    def create(cls, root: str | os.PathLike, settings: dict, previous: "Store | None" = None,
+               catalogue: str | None = None) -> "Store":
         """A new, empty state with `settings`; over a `previous` one, its numbering goes on, so that no
-        file name of the previous state is reused and its files can be told apart and removed."""
+        file name of the previous state is reused and its files can be told apart and removed. `catalogue`
+        ("sqlite" or a Milvus URI) moves the catalogue there."""
         from . import __version__
 
         root = Path(root)
@@ -172,7 +176,9 @@ class Store:
         manifest = {"kind": KIND, "format": FORMAT, "spotit_version": __version__, "next_shard": 0, "generation": 0,
                     **counters, **settings, "skipped": {}, "whitened": None}
         manifest["generation"] += 1
-        Catalogue(root).create(manifest)
+        target = catalogue_for(root, catalogue)
+        target.create(manifest)
+        make_current(root, target)
         store = cls(root, manifest, {})
         store.legacy = previous is not None and previous.legacy
         return store

@@ -173,13 +173,14 @@ class Updater:
             extracted = self.extract_locally(todo, workers)
         try:
             for done, (name, stamp, result) in enumerate(extracted, 1):
+                # kept before it is shown as done, so an interruption between the two never drops it
+                if stamp is None:
+                    report.skipped.append((name, result))
+                else:
+                    self.done.append((name, stamp, result))
                 bar.update()
                 if on_progress is not None:
                     on_progress(done, len(todo))
-                if stamp is None:
-                    report.skipped.append((name, result))
-                    continue
-                self.done.append((name, stamp, result))
                 if len(self.done) >= shard_size:
                     self._flush(report)
         finally:
