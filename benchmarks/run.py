@@ -189,6 +189,37 @@ def write_markdown(results: dict) -> None:
         lines += ["", "| shortlist | mAP | query median s | query p95 s |", "|---|---|---|---|"]
         for label, key in (("faiss (exact)", "faiss"), ("Milvus Lite (FLAT)", "milvus_lite")):
             lines.append(f"| {label} | {r[key]['map']:.4f} | {r[key]['query_s_median']:.3f} | {fmt(r[key].get('query_s_p95'))} |")
+    verdicts = HERE / "verdict.json"
+    if verdicts.is_file():
+        r = json.loads(verdicts.read_text())
+        lines += ["", "## The verdict: does a result show the object?", "",
+                  "`python benchmarks/verdict.py --write`: each query's top 100 hybrid results; a logistic model of",
+                  "log(1 + verification score) and CNN similarity, with the `yes` cut-off at the lowest probability",
+                  "that keeps the precision of `yes` >= 0.98 on every set, and `maybe` where yes + maybe keep 0.5.",
+                  "Recall counts every relevant photo of the ground truth. \"Held out\": model and cut-offs fitted on",
+                  "the other sets only, as on a user's photos.", "",
+                  f"Model: {json.dumps(r['conf'])}", "",
+                  "| set | queries | relevant | yes: precision | yes: recall | yes + maybe: precision | yes + maybe: recall "
+                  "| held out, yes: precision | recall | held out, yes + maybe: precision | recall |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, d in r["sets"].items():
+            a, h = d["fitted_on_all"], d["held_out"]
+            lines.append(f"| {name} | {d['queries']} | {d['relevant']} | {fmt(a['yes_precision'])} | {fmt(a['yes_recall'])} | "
+                         f"{fmt(a['yes_maybe_precision'])} | {fmt(a['yes_maybe_recall'])} | {fmt(h['yes_precision'])} | "
+                         f"{fmt(h['yes_recall'])} | {fmt(h['yes_maybe_precision'])} | {fmt(h['yes_maybe_recall'])} |")
+    several = HERE / "multiquery.json"
+    if several.is_file():
+        by_method = json.loads(several.read_text())
+        first = next(iter(by_method.values()))
+        lines += ["", "## Several photos of one object", "",
+                  f"`python benchmarks/multiquery.py --method M`: {first['set']}, {first['objects']} objects of four views;",
+                  "two views are the query and the other two the targets (and the other way round: "
+                  f"{first['queries']} queries); every view is junk but the targets.", "",
+                  "| method | query | mAP | targets in the top 2 (of 2) |", "|---|---|---|---|"]
+        for method, r in by_method.items():
+            for label, key in (("one photo (either of the two)", "one_photo"), ("the better of the two photos, chosen "
+                               "after the fact", "better_photo_of_two"), ("both photos, searched together", "two_photos")):
+                lines.append(f"| {method} | {label} | {r[key]['map']:.4f} | {r[key]['targets_in_top2']:.3f} |")
     notes = HERE / "NOTES.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]

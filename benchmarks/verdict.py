@@ -29,12 +29,17 @@ from spotit.datasets import load_dataset  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SETS = ["holidays-dev", "ukbench-dev", "clutter-hard-dev", "clutter-dev", "clutter-hard-2"]
-YES_PRECISION, MAYBE_PRECISION = 0.98, 0.5
+YES_PRECISION, MAYBE_PRECISION = 0.98, 0.5  # maybe: worth a look, more often right than not
 CANDIDATES = 100
 
 
-def collect(name: str, root: Path) -> dict:
-    """Per candidate: evidence, similarity, relevant, query number; and each query's count of relevant photos."""
+def collect(name: str, root: Path, again: bool = False) -> dict:
+    """Per candidate: evidence, similarity, relevant, query number; and each query's count of relevant photos.
+    Kept in $SPOTIT_BENCH_DIR/verdict/NAME.npz, from which a refit takes seconds (`again`: search anew)."""
+    cache = run.BENCH_DIR / "verdict" / f"{name}.npz"
+    if cache.is_file() and not again:
+        with np.load(cache) as saved:
+            return {key: saved[key] for key in saved.files} | {"relevant_total": int(saved["relevant_total"])}
     dataset = load_dataset(root)
     index = Index.open_or_create(run.BENCH_DIR / "indexes" / f"{name}-hybrid", dataset.gallery, ["hybrid"])
     index.update(progress=False)
@@ -47,8 +52,11 @@ def collect(name: str, root: Path) -> dict:
             if hit.id not in junk:
                 rows.append((hit.evidence, hit.similarity, hit.id in positives, q))
     data = np.array(rows, np.float64)
-    return {"evidence": data[:, 0], "similarity": data[:, 1], "relevant": data[:, 2], "query": data[:, 3],
-            "relevant_total": relevant_total}
+    collected = {"evidence": data[:, 0], "similarity": data[:, 1], "relevant": data[:, 2], "query": data[:, 3],
+                 "relevant_total": relevant_total}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **collected)
+    return collected
 
 
 def figures(p: np.ndarray, data: dict, conf: dict) -> dict:
@@ -67,11 +75,11 @@ def calibrate(sets: dict[str, dict]) -> dict:
     x = np.vstack([verdict.features(d["evidence"], d["similarity"]) for d in sets.values()])
     labels = np.concatenate([d["relevant"] for d in sets.values()])
     weights, bias = verdict.fit(x, labels)
-    conf = {"weights": [round(float(w), 4) for w in weights], "bias": round(bias, 4)}
-    per_set = [verdict.probability(d["evidence"], d["similarity"], {**conf, "yes": 1, "maybe": 1}) for d in sets.values()]
-    conf["yes"] = round(max(verdict.cut_off(p, d["relevant"], YES_PRECISION) for p, d in zip(per_set, sets.values())), 4)
-    conf["maybe"] = round(verdict.cut_off(np.concatenate(per_set), labels, MAYBE_PRECISION), 4)
-    conf["maybe"] = min(conf["maybe"], conf["yes"])
+    conf = {"weights": [round(float(w), 6) for w in weights], "bias": round(bias, 6)}
+    scored = [(verdict.probability(d["evidence"], d["similarity"], conf), d["relevant"]) for d in sets.values()]
+    # rounded up: the stored cut-off must not let in a result the exact one keeps out
+    conf["yes"] = float(np.ceil(verdict.cut_off(scored, YES_PRECISION) * 1e6) / 1e6)
+    conf["maybe"] = min(float(np.ceil(verdict.cut_off(scored, MAYBE_PRECISION) * 1e6) / 1e6), conf["yes"])
     return conf
 
 
@@ -86,12 +94,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=SETS)
     parser.add_argument("--write", action="store_true", help="store the model fitted on all sets in spotit/verdict.py")
+    parser.add_argument("--again", action="store_true", help="search the sets anew, not from the saved candidates")
     args = parser.parse_args()
     found = run.available_sets(args.sets)
     if not found:
         print("no dev sets found: ../shared/datasets is absent")
         return 0
-    data = {name: collect(name, root) for name, root in found.items()}
+    data = {name: collect(name, root, args.again) for name, root in found.items()}
     conf = calibrate(data)
     result = {"conf": conf, "sets": {}}
     for name, d in data.items():

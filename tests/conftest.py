@@ -59,6 +59,7 @@ def noise_image():
 
     def write(path: Path, seed: int = 0, size=(96, 128)) -> Path:
         rng = np.random.default_rng(seed)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
         return path
 

@@ -381,7 +381,7 @@ def commit(catalogue, generation: int, images, changes: dict) -> None:
 
 
 def entry(shard: str, row: int = 0) -> dict:
-    return {"shard": shard, "row": row, "size": 10, "mtime_ns": 5, "width": 4, "height": 3}
+    return {"shard": shard, "row": row, "size": 10, "mtime_ns": 5, "width": 4, "height": 3, "taken": 1_700_000_000}
 
 
 def test_a_milvus_catalogue_reader_sees_whole_commits_only(lite_uri, tmp_path, monkeypatch):

@@ -295,7 +295,7 @@ def odd_gallery(tmp_path, noise_image, monkeypatch):
 
 
 def test_scan_reports_what_it_skips_without_blocking(odd_gallery):
-    found, skipped = within(5, scan_images, odd_gallery)
+    found, skipped, _ = within(5, scan_images, odd_gallery)
     assert found == ["linked.jpg", "real.jpg", "sub/deep.png"]  # no sub/up/...: the folder loop is not followed
     reasons = dict(skipped)
     assert reasons["loop1.jpg"] == reasons["loop2.jpg"] == "symlink loop"
@@ -345,7 +345,7 @@ def test_scan_reports_an_unreadable_folder(tmp_path, noise_image):
     noise_image(tmp_path / "open.jpg")
     (tmp_path / "locked").chmod(0)
     try:
-        found, skipped = scan_images(tmp_path)
+        found, skipped, _ = scan_images(tmp_path)
     finally:
         (tmp_path / "locked").chmod(0o755)
     assert found == ["open.jpg"]
@@ -364,7 +364,7 @@ def test_scan_reports_an_unreadable_folder_even_as_root(tmp_path, noise_image, m
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)  # what os.walk lists folders with
-    assert scan_images(tmp_path) == (["open.jpg"], [("locked", "unreadable folder (permission denied)")])
+    assert scan_images(tmp_path)[:2] == (["open.jpg"], [("locked", "unreadable folder (permission denied)")])
 
 
 # ---- ids ---------------------------------------------------------------------------------------------

@@ -329,3 +329,61 @@ def test_serve_says_when_the_port_is_taken(demo_index, capsys):
         port = taken.getsockname()[1]
         assert main(["serve", "--index", str(demo_index.store.root), "--port", str(port)]) == 2
     assert "choose another --port" in capsys.readouterr().err
+
+
+# ---- a real photo library: verdicts, several photos, a scope, formats browsers cannot show, a watch -----
+def test_results_carry_a_verdict_and_matches_stop_at_the_cut_off(api, demo):
+    ranked = search(api, demo["query"].read_bytes(), [list(demo["box"])], top=10).json()["results"]
+    assert {r["match"] for r in ranked} >= {"yes", "no"} and all(0 <= r["confidence"] <= 1 for r in ranked)
+    sure = search(api, demo["query"].read_bytes(), [list(demo["box"])], top=10, matches="yes").json()["results"]
+    assert [r["id"] for r in sure] == [r["id"] for r in ranked if r["match"] == "yes"]
+    response = search(api, demo["query"].read_bytes(), matches="always")
+    assert response.status_code == 422 and "matches must be" in response.json()["detail"]
+
+
+def test_several_query_photos_each_with_its_boxes(api, demo):
+    files = [("image", ("query.jpg", demo["query"].read_bytes(), "image/jpeg")),
+             ("image", ("cat.jpg", (demo["gallery"] / "cat-1.jpg").read_bytes(), "image/jpeg"))]
+    response = api.post("/api/search", files=files, data={"boxes": json.dumps([[list(demo["box"])], []]), "top": "10"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["query"] == ["query.jpg", "cat.jpg"] and answer["boxes"] == [[list(demo["box"])], []]
+    assert {r["query_photo"] for r in answer["results"]} == {0, 1}
+    flat = api.post("/api/search", files=files, data={"boxes": json.dumps([list(demo["box"])])})
+    assert flat.status_code == 422 and "a list of boxes per photo" in flat.json()["detail"]
+
+
+def test_a_search_can_be_scoped_to_a_folder_and_dates(api, demo):
+    assert search(api, demo["query"].read_bytes(), under="no-such-folder").json()["results"] == []
+    response = search(api, demo["query"].read_bytes(), since="yesterday")
+    assert response.status_code == 422 and "2024-06-01" in response.json()["detail"]
+
+
+def test_a_heic_query_gets_a_preview_and_is_searched(api, demo):
+    heic = io.BytesIO()
+    Image.open(demo["query"]).save(heic, "HEIF", quality=90)
+    preview = api.post("/api/preview", files={"image": ("query.heic", heic.getvalue(), "image/heic")})
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+    size = Image.open(demo["query"]).size
+    assert (int(preview.headers["x-photo-width"]), int(preview.headers["x-photo-height"])) == size
+    assert Image.open(io.BytesIO(preview.content)).size == size  # under 2048 pixels: whole
+    found = api.post("/api/search", files={"image": ("query.heic", heic.getvalue(), "image/heic")},
+                     data={"boxes": json.dumps([list(demo["box"])]), "top": "3"}).json()["results"]
+    assert {r["id"] for r in found} == set(demo["relevant"])
+    bad = api.post("/api/preview", files={"image": ("x.heic", b"not a photo", "image/heic")})
+    assert bad.status_code == 400
+
+
+def test_serve_watch_keeps_the_index_current(served_copy):
+    gallery, before = served_copy.gallery, len(served_copy)
+    service = Service(served_copy)
+    service.watch(settle=0.2, poll=None)
+    with TestClient(create_app(service), base_url=LOCAL) as client:
+        assert client.get("/api/status").json()["watching"] == "file events"
+        Image.open(gallery / "cat-1.jpg").save(gallery / "watched.png")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.get("/api/status").json()["photos"] != before + 1:
+            time.sleep(0.3)
+        status = client.get("/api/status").json()
+    assert status["photos"] == before + 1 and "watched.png" in served_copy.store.reload().names()
+    assert service.watcher.stopped.is_set()  # the server's shutdown stopped it

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from spotit.app import Service, create_app
 
@@ -96,6 +97,20 @@ def test_draw_a_box_search_and_see_the_object_outlined(browser, serve, demo_inde
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
+    # each result says whether it shows the object; "sure matches only" stops there
+    assert results.first.get_attribute("data-match") == "yes" and page.locator(".result .match.yes").count() >= 3
+    page.select_option("#matches", "yes")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_function("() => document.querySelectorAll('.result').length !== 10")
+    assert {results.nth(i).get_attribute("data-match") for i in range(results.count())} == {"yes"}
+    page.select_option("#matches", "")
+    # a scope: a folder the gallery lacks holds no result
+    page.get_by_text("Narrow the search").click()
+    page.fill("#under", "no-such-folder")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_text("0 results").wait_for()
+    page.fill("#under", "")
+
     # a click opens the full photo, outlined; Escape closes it
     results.first.click()
     viewer = page.locator("#viewer")
@@ -104,6 +119,13 @@ def test_draw_a_box_search_and_see_the_object_outlined(browser, serve, demo_inde
     assert page.locator("#viewer-overlay polygon.outline").count() == 1
     page.keyboard.press("Escape")
     assert not viewer.is_visible()
+
+    # a second photo of another object: both are searched, each result says which photo found it
+    page.set_input_files("#more", str(demo["gallery"] / "cat-1.jpg"))
+    page.get_by_role("button", name="Photo 2: cat-1.jpg (whole)").wait_for()
+    page.get_by_role("button", name="Search").click()
+    page.get_by_text("for 2 photos").wait_for()
+    page.get_by_text("found by photo 2").first.wait_for()
 
     # the API's documentation renders from local assets
     page.goto(base + "/docs")
@@ -124,9 +146,17 @@ def test_refused_inputs_and_updates_from_the_page(browser, serve, served_copy, d
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("not a photo")
     page.set_input_files("#file", str(not_image))
-    page.get_by_text("The browser cannot show notes.jpg").wait_for()
+    page.get_by_text("Neither the browser nor spotit can show notes.jpg").wait_for()
     page.get_by_role("button", name="Search").click()
     page.get_by_text("notes.jpg: not an image").wait_for()
+
+    # a HEIC photo, which Chromium cannot show: spotit's preview stands in, boxes are in the photo's pixels
+    heic = tmp_path / "query.heic"
+    Image.open(demo["query"]).save(heic, quality=90)
+    page.set_input_files("#file", str(heic))
+    page.locator("#stage").wait_for()
+    width, height = Image.open(demo["query"]).size
+    assert page.locator("#overlay").get_attribute("viewBox") == f"0 0 {width} {height}"
 
     big = tmp_path / "big.png"
     big.write_bytes(os.urandom(300_000))

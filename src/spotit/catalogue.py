@@ -26,10 +26,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 0), value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     name BLOB PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL, size INTEGER, mtime_ns INTEGER,
-    width INTEGER, height INTEGER, stale INTEGER NOT NULL DEFAULT 0
+    width INTEGER, height INTEGER, stale INTEGER NOT NULL DEFAULT 0, taken INTEGER
 ) WITHOUT ROWID;
 """
-_FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height")
+_FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height", "taken")  # taken: EXIF date, seconds (scope.py)
+_COLUMNS = ", ".join(("name", *_FIELDS, "stale"))
+NO_DATE = np.iinfo(np.int64).min  # `taken` of a photo without a date, in Columns
 
 
 def encode(name: str) -> bytes:
@@ -95,10 +97,12 @@ class Columns:
     height: np.ndarray
     size: np.ndarray
     mtime_ns: np.ndarray
+    taken: np.ndarray  # NO_DATE where the photo says not
 
     def entry(self, i: int) -> dict:
         return {"shard": self.shards[self.shard[i]], "row": int(self.row[i]), "width": int(self.width[i]),
-                "height": int(self.height[i]), "size": int(self.size[i]), "mtime_ns": int(self.mtime_ns[i])}
+                "height": int(self.height[i]), "size": int(self.size[i]), "mtime_ns": int(self.mtime_ns[i]),
+                "taken": None if self.taken[i] == NO_DATE else int(self.taken[i])}
 
 
 class Changed(Exception):
@@ -124,11 +128,12 @@ def images_of(rows) -> Images:
 def columns_of(rows) -> Columns:
     """Catalogue rows (in catalogue order) as arrays."""
     shards: dict[str, int] = {}
-    numbers = np.array([(shards.setdefault(shard, len(shards)), row, width or 0, height or 0, size or 0, mtime or 0)
-                        for _, shard, row, size, mtime, width, height, _ in rows], np.int64).reshape(-1, 6)
+    numbers = np.array([(shards.setdefault(shard, len(shards)), row, width or 0, height or 0, size or 0, mtime or 0,
+                         NO_DATE if taken is None else taken)
+                        for _, shard, row, size, mtime, width, height, taken, _ in rows], np.int64).reshape(-1, 7)
     return Columns([decode(r[0]) for r in rows], list(shards), numbers[:, 0].astype(np.int32),
                    numbers[:, 1].astype(np.int32), numbers[:, 2].astype(np.int32), numbers[:, 3].astype(np.int32),
-                   numbers[:, 4], numbers[:, 5])
+                   numbers[:, 4], numbers[:, 5], numbers[:, 6])
 
 
 def catalogue_at(root: str | os.PathLike):
@@ -232,8 +237,10 @@ class Catalogue:
         try:
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("BEGIN IMMEDIATE")
+            if "taken" not in {column[1] for column in connection.execute("PRAGMA table_info(images)")}:
+                connection.execute("ALTER TABLE images ADD COLUMN taken INTEGER")  # made before dates were kept
             connection.executemany("DELETE FROM images WHERE name = ?", gone)
-            connection.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(f"INSERT OR REPLACE INTO images ({_COLUMNS}) VALUES ({', '.join('?' * 9)})", rows)
             self._put_state(connection, state)
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -271,6 +278,8 @@ class Catalogue:
             row = connection.execute("SELECT value FROM state WHERE id = 0").fetchone()
             if row is None or json.loads(row[0]).get("generation") != generation:
                 raise Changed
+            if "taken" not in {column[1] for column in connection.execute("PRAGMA table_info(images)")}:
+                query = query.replace("taken", "NULL")  # made before dates were kept, not written since
             rows = connection.execute(query).fetchall()
             connection.execute("COMMIT")
             return rows
@@ -281,11 +290,11 @@ class Catalogue:
 
     def images(self, generation: int) -> Images:
         """Every photo's entry in the commit `generation` (what a writer works on)."""
-        return images_of(self._snapshot_query(generation, "SELECT * FROM images ORDER BY name"))
+        return images_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name"))
 
     def columns(self, generation: int) -> Columns:
         """Every photo of the commit `generation` as arrays (what a search process holds)."""
-        return columns_of(self._snapshot_query(generation, "SELECT * FROM images ORDER BY name"))
+        return columns_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name"))
 
     def generation(self) -> int | None:
         state = self.state()

@@ -18,7 +18,8 @@ from .catalogue import describe
 from .errors import SpotitError
 from .fileio import check_output_dir, check_output_file
 from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
-from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods
+from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods, query_photos
+from .scope import Scope
 from .cluster.milvus import TOKEN_ENV as MILVUS_TOKEN_ENV
 from .ranking import format_name, ranklist_line, write_ranklist
 
@@ -58,6 +59,15 @@ def add_index_arg(parser: argparse.ArgumentParser) -> None:
                              "~/.local/share/spotit/index)")
 
 
+def add_watch_args(p, what: str) -> None:
+    p.add_argument("--watch", action="store_true", help=what)
+    p.add_argument("--watch-poll", type=number_type(float, "a number of seconds", 0.1), metavar="SECONDS",
+                   help="with --watch: look for changes every SECONDS instead of using file events (the default on "
+                        "network file systems, whose events miss other machines' changes: every 10 s)")
+    p.add_argument("--watch-settle", type=number_type(float, "a number of seconds", 0), default=2.0, metavar="SECONDS",
+                   help="with --watch: wait until no change came for SECONDS before updating (default: 2)")
+
+
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"refuse images larger than N pixels before decoding them (default: {DEFAULT_MAX_PIXELS:,})")
@@ -88,7 +98,7 @@ def cmd_index(args) -> int:
         os.environ[MILVUS_TOKEN_ENV] = args.milvus_token
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
                                  rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors,
-                                 catalogue=args.catalogue)
+                                 catalogue=args.catalogue, exclude=args.exclude)
     try:
         report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels, ray=args.ray)
     except KeyboardInterrupt:
@@ -104,10 +114,33 @@ def cmd_index(args) -> int:
         say(f"  {report.images_per_s:.1f} images/s")
     for note in report.notes:
         say(f"  note: {note}")
+    if report.left_out:
+        say("  left out: " + ", ".join(f"{count} {what}" for what, count in sorted(report.left_out.items())))
     if report.skipped:
         say(f"  skipped {len(report.skipped)} file(s):")
         for name, reason in sorted(report.skipped):
             say(f"    {format_name(name)}: {reason}")
+    return watch_gallery(index, args) if args.watch else 0
+
+
+def watch_gallery(index: Index, args) -> int:
+    """`spotit index --watch`: update after each settled burst of changes, until Ctrl-C or SIGTERM."""
+    from .watch import Watcher
+
+    def update() -> None:
+        report = index.update(progress=False, wait=True, max_pixels=args.max_pixels)
+        if report.added or report.updated or report.removed or report.skipped:
+            say(f"{time.strftime('%H:%M:%S')}  {report.added} added, {report.updated} re-extracted, {report.removed} "
+                f"removed{f', {len(report.skipped)} skipped' if report.skipped else ''}; {len(index)} images")
+
+    watcher = Watcher(index.gallery, update, args.watch_settle, args.watch_poll,
+                      on_error=lambda exc: eprint(f"update failed, retried at the next change: {exc}"))
+    how = f"polling every {watcher.poll:g} s" if watcher.polling else "file events"
+    say(f"watching {index.gallery} ({how}); Ctrl-C stops")
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        say("stopped watching")
     return 0
 
 
@@ -146,25 +179,32 @@ STALE_NOTE = {"deleted": "  (deleted since indexing)", "changed": "  (changed si
 def print_top(title: str, results, top: int = 10) -> None:
     say(title)
     for rank, hit in enumerate(results[:top], 1):
-        say(f"  {rank:>3}. {format_name(hit.id)}  {hit.score:.4f}{STALE_NOTE.get(hit.stale, '')}")
+        verdict = f"  {hit.match:<5} {hit.confidence:.2f}" if hit.match is not None else ""
+        seen_by = f"  (query photo {hit.query_photo + 1})" if hit.query_photo is not None else ""
+        say(f"  {rank:>3}. {format_name(hit.id)}  {hit.score:.4f}{verdict}{seen_by}{STALE_NOTE.get(hit.stale, '')}")
 
 
 def check_search_args(args) -> None:
     """Every option that cannot apply is an error, said before any work."""
     batch = args.queries is not None
-    if batch and args.query is not None:
-        raise SpotitError("give either a QUERY image or --queries QUERY_DIR, not both")
+    if batch and args.query:
+        raise SpotitError("give either QUERY images or --queries QUERY_DIR, not both")
     if not batch:
-        if args.query is None:
+        if not args.query:
             raise SpotitError("give a QUERY image, or --queries QUERY_DIR [--boxes BOX_DIR] for batch mode")
         for option in ("boxes", "ranklist"):
             if getattr(args, option) is not None:
                 raise SpotitError(f"--{option} applies to batch mode only: add --queries QUERY_DIR")
+        if len(args.query) > 1 and args.box and len(args.box) != len(args.query):
+            raise SpotitError(f"{len(args.query)} query photos and {len(args.box)} --box: give one --box per photo, in "
+                              f"the same order (--box whole: the whole photo), or none")
         if args.grid is not None:
             check_output_file(args.grid, "--grid")
         return
     if args.box:
         raise SpotitError("--box applies to a single QUERY; in batch mode boxes come from --boxes BOX_DIR")
+    if args.matches:
+        raise SpotitError("--matches applies to a single QUERY: a batch's rank list ranks the whole gallery")
     if args.boxes is not None and not args.boxes.is_dir():
         raise SpotitError(f"box folder not found: {args.boxes}")
     check_output_file(args.ranklist or DEFAULT_RANKLIST, "--ranklist")
@@ -176,21 +216,28 @@ def cmd_search(args) -> int:
     check_search_args(args)
     if args.queries is not None:
         return search_batch(args)
-    boxes = [parse_box(text) for text in args.box or []]
+    several = len(args.query) > 1
+    boxes = [None if text.strip() == "whole" and several else parse_box(text) for text in args.box or []]
     index = Index.open(args.index, args.weights)
-    image = as_image(args.query, max_pixels=args.max_pixels)
-    boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes]  # as searched: clipped to the photo
+    scope = Scope.of(args.under, args.since, args.until)  # a bad date is said before any photo is read
+    images, boxes = query_photos(args.query if several else args.query[0],
+                                 (boxes or None) if several else boxes, args.max_pixels)
     args.method = args.method or index.default_method
-    results = index.search(image, boxes, method=args.method, top=args.top, progress=not args.quiet)
+    results = index.search(images if several else images[0], boxes if several else boxes[0], method=args.method,
+                           top=args.top, progress=not args.quiet, matches=args.matches, under=scope.under,
+                           since=args.since, until=args.until)
     if args.grid:
         from .grid import save_grid
 
-        save_grid(args.grid, image, boxes, results)
+        save_grid(args.grid, images[0], boxes[0], results)
+    queries = [str(q) for q in args.query]
     if args.json:
-        say(json.dumps({"query": str(args.query), "boxes": boxes, "method": args.method,
-                        "results": [r.to_dict() for r in results]}))
+        say(json.dumps({"query": queries if several else queries[0], "boxes": boxes if several else boxes[0],
+                        "method": args.method, "results": [r.to_dict() for r in results]}))
     else:
-        print_top(f"{args.query} ({args.method}):", results, args.top)
+        print_top(f"{' + '.join(queries)} ({args.method}):", results, args.top)
+        if args.matches and not results:
+            say("  no photo shows it" + (" for sure (--matches yes); try --matches maybe" if args.matches == "yes" else ""))
         if args.grid:
             say(f"grid written to {args.grid}")
     return 0
@@ -215,7 +262,8 @@ def search_batch(args) -> int:
                 else:
                     eprint(f"{path.name}: no {box_file}, searching the whole image")
             image = as_image(path, max_pixels=args.max_pixels)
-            results = index.search(image, boxes, method=args.method, top=None)
+            results = index.search(image, boxes, method=args.method, top=None, under=args.under, since=args.since,
+                                   until=args.until)
         except SpotitError as exc:
             failed.append(f"{path.name}: {exc}")
             eprint(f"skipped query {exc}" if str(exc).startswith(str(path)) else f"skipped query {path.name}: {exc}")
@@ -304,6 +352,8 @@ def cmd_serve(args) -> int:
     service = Service(index, args.max_pixels)
     sock = listening_socket(args.host, args.port)
     service.warm_up()
+    if args.watch:
+        service.watch(args.watch_settle, args.watch_poll)
     app = create_app(service, token, args.max_upload_mb * 2**20, loopback_only=loopback and not token)
     port = sock.getsockname()[1]
     shown = socket.gethostname() if args.host in ("0.0.0.0", "::") else f"[{args.host}]" if ":" in args.host else args.host
@@ -434,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "with PQ codes, best candidates re-scored exactly); or Milvus: a Milvus Lite file (PATH.db, one "
                         "process at a time) or a server (http://host:19530). Recorded in the index: searches and "
                         "`spotit serve` need no flag. Milvus needs pip install 'spotit[cluster]'")
+    p.add_argument("--exclude", nargs="*", metavar="GLOB",
+                   help="leave out files or folders matching these globs (on the name; with a /, on the path in the "
+                        "gallery), beside what always is: hidden files, macOS ._ files, @eaDir, #recycle, $RECYCLE.BIN. "
+                        "Recorded in the index; given again, they replace the recorded ones (none: clear them)")
+    add_watch_args(p, "keep running, and update the index whenever photos are added, changed, moved or deleted")
     p.add_argument("--catalogue", metavar="sqlite|URI",
                    help="where the catalogue (which photos, where their features are) lives: sqlite, inside the index "
                         "folder (the default), or a Milvus server (http://host:19530) for an index folder on a shared "
@@ -452,14 +507,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "Batch mode (--queries) ranks the whole gallery for every query and writes a rank list whose "
                    "ids follow the rule in the README (names with commas, quotes or colons are JSON-quoted).",
                    cmd_search)
-    p.add_argument("query", nargs="?", type=Path, help="query image")
+    p.add_argument("query", nargs="*", type=Path,
+                   help="query photo; several photos of one object (front, side...) are searched together")
     p.add_argument("--box", action="append", metavar="X,Y,W,H",
-                   help="crop the query to this box (pixels, top-left origin; negative x or y allowed); "
-                        "repeat for several instances")
+                   help="crop the query to this box (pixels, top-left origin; negative x or y allowed); repeat for "
+                        "several instances. With several query photos: one --box per photo, in order ('whole': "
+                        "the whole photo)")
     add_index_arg(p)
     p.add_argument("--method", choices=list(METHODS),
                    help=f"ranking method (default: {DEFAULT_METHOD} if the index serves it)")
     p.add_argument("--top", type=positive_int, default=10, help="results to show (default: 10)")
+    p.add_argument("--matches", nargs="?", const="maybe", choices=["yes", "maybe"],
+                   help="only the photos that show the object, by the verdict (hybrid): yes, or maybe (yes and "
+                        "maybe; the default); stops there instead of filling --top")
+    p.add_argument("--under", metavar="FOLDER", help="search only the photos in this folder of the gallery")
+    p.add_argument("--since", metavar="DATE", help="search only photos taken on or after DATE (2024-06-01, from EXIF)")
+    p.add_argument("--until", metavar="DATE", help="search only photos taken on or before DATE (2024-06-30, from EXIF)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--grid", type=Path, help="write a PNG of the query and its --top best results (a folder of them in batch mode)")
     p.add_argument("--queries", type=Path, help="batch mode: folder of query images")
@@ -486,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=8000, help="port to listen on (default: 8000; 0: any free port)")
     p.add_argument("--token", help="every request must carry this token (header 'Authorization: Bearer T', or open "
                                    "the page once with ?token=T); default: $SPOTIT_TOKEN. Required with another --host")
+    add_watch_args(p, "update the index whenever photos in the gallery are added, changed, moved or deleted (the "
+                      "page shows the progress)")
     p.add_argument("--no-auth", action="store_true", help="serve another --host without a token: anyone who reaches it may search")
     p.add_argument("--max-upload-mb", type=positive_int, default=25, metavar="MB",
                    help="refuse uploads larger than this many MiB with 413 (default: 25)")

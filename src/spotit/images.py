@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import io
 import os
 import stat
@@ -14,10 +15,15 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, TiffImagePlugin
+from pillow_heif import register_heif_opener
 
 from .errors import SpotitError
+from .raw import RAW_EXTENSIONS, decode_raw, is_raw
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# phones write HEIC/HEIF (pillow-heif) and AVIF (Pillow), cameras RAW (raw.py)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".hif",
+                    ".avif", *RAW_EXTENSIONS)
+register_heif_opener()
 
 # 250 MP holds the largest camera output today (200 MP phone sensors, 16320x12240) with room to spare,
 # yet decodes to 750 MB of RGB (a few GB at peak for 16-bit or float files): what a laptop survives.
@@ -39,11 +45,36 @@ class ImageError(SpotitError):
     """An image file that cannot be read."""
 
 
-def scan_images(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image files under root, recursively, as sorted POSIX paths relative to root, and what was skipped.
+# what a photo library holds beside its photos: (glob on a file or folder name, what it is)
+DEFAULT_EXCLUDES = (
+    ("._*", "AppleDouble files (macOS metadata)"),
+    (".*", "hidden"),
+    ("@eaDir", "Synology thumbnails"),
+    ("#recycle", "NAS recycle bin"),
+    ("#snapshot", "NAS snapshots"),
+    ("$RECYCLE.BIN", "Windows recycle bin"),
+    ("System Volume Information", "Windows system folder"),
+)
+
+
+def excluded_by(relpath: str, name: str, exclude=()) -> str | None:
+    """Why a gallery entry is left out (the default rules, then `exclude` globs on its name or, for globs
+    with a "/", on its path relative to the gallery), or None."""
+    for pattern, why in DEFAULT_EXCLUDES:
+        if fnmatch.fnmatchcase(name, pattern):
+            return why
+    for pattern in exclude:
+        if fnmatch.fnmatchcase(relpath if "/" in pattern else name, pattern.strip("/")):
+            return f"--exclude {pattern}"
+    return None
+
+
+def scan_images(root: str | os.PathLike, exclude=()) -> tuple[list[str], list[tuple[str, str]], Counter]:
+    """Image files under root, recursively, as sorted POSIX paths relative to root; what was skipped; and
+    how many folders and image files were left out by rule (excluded_by), by reason.
 
     Skipped are (relative path, reason) for image-named entries that are no regular file (fifo, socket,
-    device, broken symlink, symlink loop) and for folders that cannot be read. Hidden entries are ignored.
+    device, broken symlink, symlink loop) and for folders that cannot be read.
     """
     root = Path(root)
     if not root.is_dir():
@@ -52,27 +83,33 @@ def scan_images(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str
         os.scandir(root).close()
     except OSError as exc:
         raise SpotitError(f"gallery folder {root} cannot be read: {_os_reason(exc, root)}") from None
-    found, skipped = [], []
+    found, skipped, left_out = [], [], Counter()
 
     def unreadable(exc: OSError) -> None:
         if exc.errno != errno.ENOENT:  # a folder that vanished meanwhile is no problem
             skipped.append((_relative(exc.filename, root), f"unreadable folder ({_os_reason(exc, exc.filename)})"))
 
+    def keep(dirpath: str, name: str, what: str) -> bool:
+        why = excluded_by(_relative(Path(dirpath) / name, root), name, exclude)
+        if why is not None:
+            left_out[f"{what} ({why})"] += 1
+        return why is None
+
     # os.walk does not follow folder symlinks, so a symlink loop cannot make it recurse forever
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if keep(dirpath, d, "folders"))
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):  # said, so that its photos are not silently missing
                 skipped.append((_relative(Path(dirpath) / name, root), "symlinked folder, not followed"))
         for name in filenames:
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+            if name.lower().endswith(IMAGE_EXTENSIONS) and keep(dirpath, name, "image files"):
                 path = Path(dirpath) / name
                 problem = file_problem(path)
                 if problem is None:
                     found.append(_relative(path, root))
                 elif problem != _MISSING:  # a file deleted during the scan is simply gone
                     skipped.append((_relative(path, root), problem))
-    return sorted(found), sorted(skipped)
+    return sorted(found), sorted(skipped), left_out
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -172,6 +209,14 @@ def _open_regular(path: str | os.PathLike) -> BinaryIO:
 
 
 def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None) -> np.ndarray:
+    if is_raw(path):  # before Pillow, which would open a TIFF-based raw's small thumbnail as the photo
+        import rawpy
+
+        try:
+            return decode_raw(file, lambda width, height: _check_pixels(path, width, height, max_pixels))
+        except (rawpy.LibRawError, ValueError, OSError) as exc:
+            reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise ImageError(f"{path}: unreadable camera raw file ({reason or type(exc).__name__})") from None
     try:
         with Image.open(file) as img:  # reads the header only; stands on the first frame
             _check_pixels(path, *img.size, max_pixels)

@@ -19,6 +19,7 @@ from .errors import SpotitError
 from .extractors import Extractors
 from .images import DEFAULT_MAX_PIXELS, Box, as_boxes, as_image, check_box
 from .lock import WriterLock, update_running
+from .scope import Scope
 from .lifecycle import METHODS, default_index_dir, feature_settings, kinds_of, parse_methods
 from .searcher import Result, Searcher, Snapshot
 from .store import SnapshotGone, Store
@@ -78,17 +79,17 @@ class Index:
     @classmethod
     def create(cls, path, gallery, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE, weights=None,
                confs: dict | None = None, wait: bool = False, vectors: str | None = None,
-               catalogue: str | None = None) -> "Index":
+               catalogue: str | None = None, exclude: list[str] | None = None) -> "Index":
         """A new, empty index at `path` (absent or an empty folder). `confs` overrides the named configuration
         of a feature kind, e.g. {"regions": "gem-672"}."""
         return cls.open_or_create(path, gallery, methods, backbone, weights, confs=confs, wait=wait, vectors=vectors,
-                                  catalogue=catalogue, _new=True)
+                                  catalogue=catalogue, exclude=exclude, _new=True)
 
     @classmethod
     def open_or_create(cls, path=None, gallery=None, methods=(DEFAULT_METHOD,), backbone=backbones.DEFAULT_BACKBONE,
                        weights=None, rebuild=False, confs: dict | None = None, moved: bool = False,
                        wait: bool = False, vectors: str | None = None, catalogue: str | None = None,
-                       _new: bool = False) -> "Index":
+                       exclude: list[str] | None = None, _new: bool = False) -> "Index":
         """Open the index at `path` for `gallery`, creating it (with `confs`) if needed; refuse a mismatching one.
 
         `rebuild` extracts every photo again (deleting spotit's own files only; with unchanged settings the
@@ -98,9 +99,12 @@ class Index:
         "ivfpq" (approximate) or "auto" (by the gallery's size; the default; "faiss" too); or in Milvus:
         a Milvus Lite file ("regions.db") or a server ("http://host:19530", token from $SPOTIT_MILVUS_TOKEN).
         `catalogue` says where the catalogue is: "sqlite" (in the folder; the default), or a Milvus server
-        for a folder that several machines share (on a shared file system); moving it needs `rebuild`."""
+        for a folder that several machines share (on a shared file system); moving it needs `rebuild`.
+        `exclude` globs leave files or folders out (on their name; with a "/", on their path in the gallery),
+        beside what always is: hidden files, AppleDouble, NAS and recycle-bin folders (images.DEFAULT_EXCLUDES).
+        They are recorded in the index; given again, they replace the recorded ones."""
         store = lifecycle.open_or_create(Path(path or default_index_dir()).absolute(), gallery, methods, backbone,
-                                         weights, rebuild, confs, moved, wait, _new, vectors, catalogue)
+                                         weights, rebuild, confs, moved, wait, _new, vectors, catalogue, exclude)
         return cls(store, weights)
 
     # ---- what it holds -------------------------------------------------------------------------
@@ -177,24 +181,56 @@ class Index:
                 raise SpotitError(f"index {self.store.root} holds no images yet: {running} is building it; try again soon")
             raise SpotitError(f"index {self.store.root} holds no images; run `spotit index GALLERY --index {self.store.root}` first")
 
-    def search(self, query, boxes: list[Box] | None = None, method: str | None = None, top: int | None = 10,
-               progress: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Result]:
-        """Rank the gallery for a query path or RGB array, cropped to each box; several boxes merge by best score.
+    def search(self, query, boxes=None, method: str | None = None, top: int | None = 10, progress: bool = False,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, matches: str | None = None, under: str | None = None,
+               since=None, until=None) -> list[Result]:
+        """Rank the gallery for a query photo (a path or RGB array) cropped to each of its boxes, or for
+        several photos of one object (a list of them, with `boxes` a list holding each one's box, boxes or
+        None); every crop is searched on its own and they merge by best score.
 
         top=None ranks the whole gallery; method=None is the index's default method. With `hybrid`,
-        verified results carry `inliers` and `quad`/`box`: where the query box lands in that gallery image.
+        verified results carry `inliers` and `quad`/`box`: where the query box lands in that gallery image,
+        and every result a verdict, `match` ("yes", "maybe", "no") with its `confidence` (verdict.py);
+        `matches="yes"` (or "maybe": yes and maybe) returns only those, up to `top`.
+        `under` (a folder in the gallery), `since` and `until` (dates or datetimes, inclusive; photos
+        without a date taken are left out) restrict the search to part of the gallery.
         Results whose photo was deleted or changed since indexing say so in `stale`."""
         if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
             raise SpotitError(f"top must be a whole number of at least 1, or None for the whole gallery; got {top!r}")
-        image = as_image(query, max_pixels=max_pixels)
-        boxes = [check_box(box, image.shape[1], image.shape[0]) for box in as_boxes(boxes)]
+        if matches not in (None, "yes", "maybe"):
+            raise SpotitError(f"matches must be 'yes', 'maybe' (yes and maybe) or None; got {matches!r}")
+        if under is not None and os.path.isabs(under):
+            try:
+                under = Path(under).resolve().relative_to(self.gallery.resolve()).as_posix()
+            except ValueError:
+                raise SpotitError(f"--under {under} is not inside the gallery {self.gallery}") from None
+        scope = Scope.of(under, since, until)
+        images, boxes = query_photos(query, boxes, max_pixels)
         for _ in range(5):
             snap = self.snapshot()
             searcher = Searcher(self.features.get, self.search_conf)  # after the snapshot: its extractors
             method = method or self.default_method
             self._require(method, snap)
+            if matches and method != "hybrid":
+                raise SpotitError(f"matches need the hybrid method, which verifies each result; not {method}")
             try:
-                return searcher.search(snap, image, boxes, method, top, progress)
+                return searcher.search(snap, images, boxes, method, top, progress, scope.mask(snap), matches)
             except SnapshotGone:
                 continue  # a writer committed and removed a file of this state: search the new one
         raise SpotitError(f"index {self.store.root} changed during five searches in a row; try again")
+
+
+def query_photos(query, boxes, max_pixels: int | None) -> tuple[list[np.ndarray], list[list[Box]]]:
+    """(RGB images, the boxes of each) of one query photo, or of several: a list or tuple of them, whose
+    `boxes` is None or a list with an entry per photo (a box, a list of boxes, or None: the whole photo)."""
+    several = isinstance(query, (list, tuple))
+    photos = list(query) if several else [query]
+    if not photos:
+        raise SpotitError("give at least one query photo")
+    per_photo = [boxes] if not several else [None] * len(photos) if boxes is None else list(boxes)
+    if len(per_photo) != len(photos):
+        raise SpotitError(f"{len(photos)} query photos but {len(per_photo)} entries of boxes; give one per photo "
+                          f"(None: the whole photo)")
+    images = [as_image(photo, max_pixels=max_pixels) for photo in photos]
+    return images, [[check_box(box, image.shape[1], image.shape[0]) for box in as_boxes(entry)]
+                    for image, entry in zip(images, per_photo)]

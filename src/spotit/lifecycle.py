@@ -48,7 +48,7 @@ def parse_methods(method: str) -> list[str]:
 
 def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild: bool, confs: dict | None,
                    moved: bool, wait: bool, new: bool, vectors_choice: str | None = None,
-                   catalogue_choice: str | None = None) -> Store:
+                   catalogue_choice: str | None = None, exclude: list[str] | None = None) -> Store:
     """The committed state of the index folder `path` after Index.open_or_create's request (see there);
     `new` refuses an existing index."""
     methods = check_methods(methods)
@@ -97,6 +97,7 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
             "weights": str(Path(weights).resolve()) if weights else None,
             "confs": {**DEFAULT_CONFS, **(confs or {})},
             "vectors": vectors_choice or (old.manifest.get("vectors") if old is not None else None) or "auto",
+            "exclude": list(exclude if exclude is not None else old.manifest.get("exclude", []) if old is not None else []),
             # names this index's collections in a shared Milvus; a rebuild keeps it, so it drops the old ones
             "uid": (old.manifest.get("uid") if old is not None else None) or secrets.token_hex(6),
             "uid_root": os.path.realpath(path),
@@ -107,14 +108,15 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
                 same_features(old.manifest, settings):
             # extract every photo again; until each is replaced, its old features keep serving searches
             mark_stale(old.images)
-            old.manifest.update(methods=settings["methods"], skipped={}, vectors=vectors_choice or old.manifest.get("vectors", "auto"))
+            old.manifest.update(methods=settings["methods"], skipped={}, exclude=settings["exclude"],
+                                vectors=vectors_choice or old.manifest.get("vectors", "auto"))
             old.commit()
             return old
         if old is None or rebuild or (not old.images and not same_features(old.manifest, settings)):
             store = Store.create(path, {**settings, "weights_sha256": None}, previous=old, catalogue=catalogue_choice)
             store.remove_unused()  # the old state's files, now that nothing points to them
             return store
-        adopt(old, gallery_path, methods, backbone, moved, vectors_choice)
+        adopt(old, gallery_path, methods, backbone, moved, vectors_choice, exclude)
     return old
 
 
@@ -127,9 +129,10 @@ def open_for_rebuild(path: Path) -> Store | None:
         return Store(path, manifest, manifest.get("images") if isinstance(manifest.get("images"), dict) else {})
 
 
-def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: bool, vectors_choice: str | None) -> None:
+def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: bool, vectors_choice: str | None,
+          exclude: list[str] | None = None) -> None:
     """Check an existing index against what the caller asked for; add methods, re-point a moved gallery,
-    change the kind of vector index (made by the next update)."""
+    change the kind of vector index (made by the next update) or the globs of files to leave out."""
     manifest, root = store.manifest, store.root
     if gallery is not None and gallery != Path(manifest["gallery"]):
         if not moved:
@@ -155,7 +158,10 @@ def adopt(store: Store, gallery: Path | None, methods, backbone: str, moved: boo
     changed_vectors = vectors_choice is not None and vectors_choice != manifest.get("vectors", "auto")
     if changed_vectors:
         manifest["vectors"] = vectors_choice
-    if wanted or moved or changed_vectors:
+    changed_exclude = exclude is not None and list(exclude) != manifest.get("exclude", [])
+    if changed_exclude:
+        manifest["exclude"] = list(exclude)
+    if wanted or moved or changed_vectors or changed_exclude:
         store.commit()
 
 

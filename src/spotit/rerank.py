@@ -41,10 +41,14 @@ def query_views(conf: dict, boxed: bool) -> tuple[tuple[float, int], ...]:
     return ((1.0, 0),) + tuple((conf["rotated_scale"], turns) for turns in range(1, conf["query_rotations"]))
 
 
-def fuse(cnn: np.ndarray, inliers: np.ndarray, conf: dict) -> np.ndarray:
+def bonus(inliers, conf: dict):
+    """What verification adds to a CNN score."""
     inliers = np.asarray(inliers, np.float64)
-    bonus = np.where(inliers >= conf["min_inliers"], inliers / (inliers + conf["half"]), 0.0)
-    return cnn + conf["weight"] * bonus
+    return conf["weight"] * np.where(inliers >= conf["min_inliers"], inliers / (inliers + conf["half"]), 0.0)
+
+
+def fuse(cnn: np.ndarray, inliers: np.ndarray, conf: dict) -> np.ndarray:
+    return cnn + bonus(inliers, conf)
 
 
 def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]:
@@ -52,9 +56,9 @@ def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]
     by the upright score."""
     chosen: dict[int, None] = {}
     if conf["rotated_shortlist"] and np.isfinite(rotated).any():
-        chosen.update(dict.fromkeys(int(i) for i in rank(rotated, conf["rotated_shortlist"])))
+        chosen.update(dict.fromkeys(int(i) for i in rank(rotated, conf["rotated_shortlist"]) if np.isfinite(rotated[i])))
     for i in rank(upright, conf["shortlist"] + len(chosen)):
-        if len(chosen) >= conf["shortlist"]:
+        if len(chosen) >= conf["shortlist"] or not np.isfinite(upright[i]):  # -inf: outside the search's scope
             break
         chosen.setdefault(int(i))
     return list(chosen)

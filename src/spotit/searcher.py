@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from . import rerank, vectors
+from . import rerank, vectors, verdict
 from .derived import Learned
 from .global_features import region_values
-from .images import Box, assign_ids
+from .images import Box, assign_ids, crop as crop_to_box
 from .local_features import expand
 from .matching import ratio_matches
 from .ranking import rank
@@ -38,6 +38,12 @@ class Result:
     width: int | None = None  # size of the gallery photo, upright
     height: int | None = None
     stale: str | None = None  # "deleted" or "changed": the photo is no longer what was indexed
+    query_photo: int | None = None  # several query photos: which one (from 0) matched it best
+    # hybrid: does it show the query object (verdict.py), from the verification score and the CNN similarity
+    match: str | None = None
+    confidence: float | None = None
+    evidence: float | None = None
+    similarity: float | None = None
 
     @property
     def box(self) -> Box | None:
@@ -58,6 +64,10 @@ class Result:
         if self.quad is not None:
             out["box"] = list(self.box)
             out["quad"] = np.round(self.quad.astype(np.float64), 1).tolist()
+        if self.match is not None:
+            out["match"], out["confidence"] = self.match, round(float(self.confidence), 4)
+        if self.query_photo is not None:
+            out["query_photo"] = self.query_photo
         if self.stale:
             out["stale"] = self.stale
         return out
@@ -118,6 +128,11 @@ class Snapshot:
             columns = self.store.columns()
             return list(zip(columns.width.tolist(), columns.height.tolist()))
         return self.cached("sizes", make)
+
+    @property
+    def taken(self) -> np.ndarray:
+        """When each photo was taken (seconds; catalogue.NO_DATE where it says not)."""
+        return self.cached("taken", lambda: self.store.columns().taken)
 
     def regions(self):
         """(region search, whitening): the regions of every photo in the whitened space, searchable by
@@ -254,35 +269,55 @@ class Searcher:
                   for n in tqdm(snap.names, desc="matching", disable=not progress)]
         return np.array(counts, np.float32)
 
-    def hybrid(self, snap: Snapshot, query: np.ndarray, photo_side: int, boxed: bool):
-        """Regional shortlist re-ranked by spatial verification: (scores, verifications by row)."""
+    def hybrid(self, snap: Snapshot, query: np.ndarray, photo_side: int, boxed: bool, mask=None):
+        """Regional shortlist (of the photos in `mask`) re-ranked by spatial verification: (scores,
+        verifications by row)."""
         with ThreadPoolExecutor(1) as pool:  # the query's SIFT (OpenCV, no GIL) runs beside the CNN
             query_local = pool.submit(self.extractor("verify"), query)
             scores, rotated, query_vector = self.regional(snap, query, photo_side, boxed)
             query_local = query_local.result()
+        if mask is not None:
+            scores, rotated = within(scores, mask), within(rotated, mask)
         return rerank.rerank(query_local, (query.shape[1], query.shape[0]), boxed, snap.names, scores, rotated,
                              snap.reader("verify"), snap.sizes, self.conf, snap.regions()[0], query_vector)
 
-    def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool):
-        """(scores, verifications or None) of every gallery image for one query crop."""
+    def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool,
+               mask=None):
+        """(scores, verifications or None) of every gallery image for one query crop; -inf outside `mask`."""
+        if method == "hybrid":
+            return self.hybrid(snap, crop, photo_side, boxed, mask)
         if method == "cnn":
-            return self.cnn(snap, crop), None
-        if method == "sift":
-            return self.sift(snap, crop, progress), None
-        if method == "regional":
-            return self.regional(snap, crop, photo_side, boxed)[0], None
-        return self.hybrid(snap, crop, photo_side, boxed)
+            scores = self.cnn(snap, crop)
+        elif method == "sift":
+            scores = self.sift(snap, crop, progress)
+        else:
+            scores = self.regional(snap, crop, photo_side, boxed)[0]
+        return within(scores, mask), None
 
-    def search(self, snap: Snapshot, image: np.ndarray, boxes: list[Box], method: str, top: int | None,
-               progress: bool = False) -> list[Result]:
-        """Rank the snapshot's gallery for `image` cropped to each box; several boxes merge by best score."""
-        crops = [image[y : y + h, x : x + w] for x, y, w, h in boxes] or [image]
-        per_crop = [self.scores(snap, crop, method, progress, max(image.shape[:2]), bool(boxes)) for crop in crops]
+    def search(self, snap: Snapshot, images: list[np.ndarray], boxes: list[list[Box]], method: str, top: int | None,
+               progress: bool = False, mask: np.ndarray | None = None, matches: str | None = None) -> list[Result]:
+        """Rank the snapshot's gallery (the photos in `mask`) for query photos of one object (`images`), each
+        cropped to its boxes (none: the whole photo); every crop is searched and verified on its own, and
+        they merge by best score. `matches` ("yes", or "maybe": yes and maybe) keeps only those verdicts."""
+        crops = [(photo, image if box is None else crop_to_box(image, box), max(image.shape[:2]), box is not None)
+                 for photo, (image, photo_boxes) in enumerate(zip(images, boxes)) for box in (photo_boxes or [None])]
+        per_crop = [self.scores(snap, crop, method, progress, side, boxed, mask) for _, crop, side, boxed in crops]
         stacked = np.stack([scores for scores, _ in per_crop])
         best_crop = stacked.argmax(axis=0)
         merged = stacked.max(axis=0)
-        order = rank(merged, top)
-        return [self._result(snap, i, float(merged[i]), per_crop[best_crop[i]][1], crops[best_crop[i]]) for i in order]
+        # a match is verified, so it lies in a crop's shortlist: ranking those covers every one
+        limit = self.conf["shortlist"] * len(crops) + (top or 0) if matches else top
+        accepted = verdict.VERDICTS[: verdict.VERDICTS.index(matches) + 1] if matches else verdict.VERDICTS
+        results = []
+        for i in rank(merged, limit):
+            if not np.isfinite(merged[i]) or (top is not None and len(results) == top):
+                break  # outside the scope (ranked last), or enough
+            result = self._result(snap, i, float(merged[i]), per_crop[best_crop[i]][1], crops[best_crop[i]][1])
+            if len(images) > 1:
+                result.query_photo = crops[best_crop[i]][0]
+            if result.match is None or result.match in accepted:
+                results.append(result)
+        return results
 
     def _result(self, snap: Snapshot, row: int, score: float, checks, crop: np.ndarray) -> Result:
         name = snap.names[row]
@@ -294,6 +329,10 @@ class Searcher:
             check = checks.get(row)
             result.inliers = check.inliers if check else 0
             result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
+            result.evidence = check.score if check else 0.0
+            result.similarity = score - rerank.bonus(result.evidence, self.conf)
+            result.confidence = float(verdict.probability(result.evidence, result.similarity))
+            result.match = verdict.verdict(result.confidence)
         return result
 
 
@@ -306,3 +345,8 @@ def stale_reason(path: str, entry: dict) -> str | None:
     if (stat.st_size, stat.st_mtime_ns) != (entry.get("size"), entry.get("mtime_ns")):
         return "changed"
     return None
+
+
+def within(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """`scores` with -inf for the photos outside `mask` (None: all are inside)."""
+    return scores if mask is None else np.where(mask, scores, -np.inf)

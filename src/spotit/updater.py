@@ -22,6 +22,7 @@ from .cluster import EXTRA, available, require
 from .errors import BackendError
 from .derived import Learned, bring_up_to_date, remove_unused_vectors
 from .lifecycle import kinds_of
+from .scope import taken
 from .store import Store
 
 
@@ -32,6 +33,7 @@ class UpdateReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    left_out: dict[str, int] = field(default_factory=dict)  # "image files (hidden)" -> how many, by rule
     notes: list[str] = field(default_factory=list)  # what the user should know, e.g. a fallback taken
     seconds: float = 0.0
 
@@ -44,10 +46,11 @@ class UpdateReport:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
-def plan(store: Store, gallery) -> tuple[list[str], list[str], list[str], list[tuple[str, str]]]:
-    """(new files, changed files, vanished files, skipped entries) of the gallery against the index."""
+def plan(store: Store, gallery):
+    """(new files, changed files, vanished files, skipped entries, left out by rule) of the gallery against
+    the index; photos the index's --exclude globs now leave out count as vanished."""
     images = store.images
-    found, skipped = scan_images(gallery)
+    found, skipped, left_out = scan_images(gallery, store.manifest.get("exclude", []))
     new, changed, present = [], [], set()
     for name in found:
         entry = images.get(name)
@@ -62,7 +65,7 @@ def plan(store: Store, gallery) -> tuple[list[str], list[str], list[str], list[t
         if entry.get("stale") or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
             changed.append(name)
     gone = sorted(set(images) - present)
-    return new, changed, gone, skipped
+    return new, changed, gone, skipped, dict(left_out)
 
 
 def load_and_extract(features: Extractors, gallery: str, name: str, kinds: list[str], max_pixels: int | None):
@@ -73,7 +76,8 @@ def load_and_extract(features: Extractors, gallery: str, name: str, kinds: list[
         image = load_image(path, max_pixels=max_pixels)
     except (ImageError, OSError) as exc:
         return name, None, str(exc).removeprefix(f"{path}: ")
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0]}
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0],
+             "taken": taken(path)}
     return name, stamp, features.extract(image, kinds)
 
 
@@ -141,7 +145,7 @@ class Updater:
         report = UpdateReport()
         manifest = self.store.manifest
         learned_before, shards_before = dict(self.store.learned or {}), set(self.store.live_shards())
-        new, changed, gone, report.skipped = plan(self.store, self.gallery)
+        new, changed, gone, report.skipped, report.left_out = plan(self.store, self.gallery)
         for name in gone:
             del self.store.images[name]
         report.removed = len(gone)

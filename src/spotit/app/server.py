@@ -29,10 +29,11 @@ MAX_BOXES = 20  # each box is a search of its own: a request must not hold the c
 DEFAULT_MAX_UPLOAD = 25 * 2**20
 
 
-def parse_boxes(text: str | None) -> list[list[float]]:
-    """The `boxes` form field, JSON `[[x, y, w, h], ...]`, checked; HTTPException 422 with the reason."""
+def parse_boxes(text: str | None, photos: int = 1) -> list[list[list[float]]]:
+    """The `boxes` form field, checked: JSON `[[x, y, w, h], ...]` for one photo, `[[[x, y, w, h], ...], ...]`
+    (a list per photo) for several. Returns each photo's boxes; HTTPException 422 with the reason."""
     if text is None or not text.strip():
-        return []
+        return [[] for _ in range(photos)]
     try:
         boxes = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -40,15 +41,27 @@ def parse_boxes(text: str | None) -> list[list[float]]:
         raise HTTPException(422, f"boxes is not JSON ({reason}); send [[x, y, w, h], ...] in the photo's pixels")
     if not isinstance(boxes, list):
         raise HTTPException(422, "boxes must be a list of [x, y, w, h] boxes, e.g. [[120, 80, 200, 160]]")
-    if len(boxes) > MAX_BOXES:
-        raise HTTPException(422, f"{len(boxes)} boxes: at most {MAX_BOXES} per search")
+    if photos == 1:
+        per_photo = [boxes]
+    elif len(boxes) != photos or not all(isinstance(entry, list) for entry in boxes):
+        raise HTTPException(422, f"{photos} photos: boxes must hold a list of boxes per photo, "
+                                 f"e.g. [[[120, 80, 200, 160]], []] ([] for a whole photo)")
+    else:
+        per_photo = boxes
+    flat = [box for entry in per_photo for box in entry]
+    if len(flat) + sum(not entry for entry in per_photo) > MAX_BOXES:
+        raise HTTPException(422, f"{len(flat)} boxes: at most {MAX_BOXES} per search")
+    check_boxes(flat)
+    return per_photo
+
+
+def check_boxes(boxes: list) -> None:
     for i, box in enumerate(boxes, 1):
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
             raise HTTPException(422, f"box {i} is {json.dumps(box)}: each box must be four numbers [x, y, w, h]")
         if box[2] <= 0 or box[3] <= 0:
             raise HTTPException(422, f"box {i} is {json.dumps(box)}: its width and height must be above 0")
-    return boxes
 
 
 def photo_urls(service: Service, photo_id: str) -> dict:
@@ -69,7 +82,7 @@ def create_app(service: Service, token: str | None = None, max_upload: int = DEF
     @asynccontextmanager
     async def lifespan(app):
         yield
-        service.update.stop()  # commits the photos it finished
+        service.stop()  # an update commits the photos it finished
 
     app = FastAPI(title="spotit", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Instance search: the gallery photos that show the object in a query photo, best "
@@ -103,22 +116,42 @@ def create_app(service: Service, token: str | None = None, max_upload: int = DEF
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/static/icon.svg")
 
-    @app.post("/api/search", summary="Rank the gallery for a query photo",
-              description="Multipart form: the query photo in `image` (EXIF orientation honoured), and optionally "
-                          "`boxes` (JSON `[[x, y, w, h], ...]` in the upright photo's pixels; several boxes mean "
-                          "several instances), `top` and `method`. Returns what `spotit search --json` prints; each "
-                          "result also has `width`, `height` and the URLs of its thumbnail and photo. A verified "
-                          "result's `box` and `quad` say where the object lies in that photo.")
-    def search(image: UploadFile = File(description="the query photo"),
+    @app.post("/api/search", summary="Rank the gallery for a query photo, or several photos of one object",
+              description="Multipart form: the query photo in `image` (EXIF orientation honoured; repeat `image` "
+                          "for several photos of one object), and optionally `boxes` (JSON `[[x, y, w, h], ...]` in "
+                          "the upright photo's pixels; several boxes mean several instances; with several photos, a "
+                          "list of boxes per photo), `top`, `method`, `matches` (yes, or maybe: yes and maybe), "
+                          "`under` (a gallery folder), `since` and `until` (dates taken). Returns what "
+                          "`spotit search --json` prints: each result has its verdict (`match`, `confidence`), "
+                          "`width`, `height` and the URLs of its thumbnail and photo. A verified result's `box` and "
+                          "`quad` say where the object lies in that photo.")
+    def search(image: list[UploadFile] = File(description="the query photo (repeat it for several photos)"),
                boxes: str | None = Form(None, description="JSON [[x, y, w, h], ...]; none: the whole photo"),
                top: int = Form(10, ge=1, le=MAX_TOP, description="how many results"),
-               method: str | None = Form(None, description="hybrid, regional, cnn or sift (default: the index's)")):
-        parsed = parse_boxes(boxes)
-        answer = service.search(image.file.read(), image.filename or "upload", parsed,
-                                (method or "").strip().lower() or None, top)
+               method: str | None = Form(None, description="hybrid, regional, cnn or sift (default: the index's)"),
+               matches: str | None = Form(None, description="only these verdicts: yes, or maybe (yes and maybe)"),
+               under: str | None = Form(None, description="search only this folder of the gallery"),
+               since: str | None = Form(None, description="only photos taken on or after this date (2024-06-01)"),
+               until: str | None = Form(None, description="only photos taken on or before this date")):
+        if len(image) > MAX_BOXES:
+            raise HTTPException(422, f"{len(image)} photos: at most {MAX_BOXES} per search")
+        parsed = parse_boxes(boxes, len(image))
+        options = {"matches": (matches or "").strip().lower() or None, "under": under or None,
+                   "since": since or None, "until": until or None}
+        answer = service.search([(upload.file.read(), upload.filename or "upload") for upload in image], parsed,
+                                (method or "").strip().lower() or None, top, **options)
         for result in answer["results"]:
             result.update(photo_urls(service, result["id"]))
         return answer
+
+    @app.post("/api/preview", summary="A query photo as the server reads it (JPEG, upright)",
+              description="For photos a browser cannot show (HEIC, camera raw): the photo as spotit decodes it, at "
+                          "most 2048 pixels on its longer side. `X-Photo-Width` and `X-Photo-Height` give its full "
+                          "size, in which boxes are drawn.")
+    def preview(image: UploadFile = File(description="the query photo")):
+        data, width, height = service.preview(image.file.read(), image.filename or "upload")
+        return Response(data, media_type="image/jpeg", headers={"X-Photo-Width": str(width), "X-Photo-Height": str(height),
+                                                                "Cache-Control": "no-store"})
 
     def photo_response(request: Request, photo_id: str, max_side: int | None) -> Response:
         data, etag = service.photo(photo_id, max_side)

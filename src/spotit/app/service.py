@@ -50,6 +50,9 @@ def _thumbnail(path: str, max_side: int, stamp: tuple, max_pixels: int | None) -
     return jpeg(load_image(path, max_pixels), max_side, 85)
 
 
+PREVIEW_SIDE = 2048  # a query preview: enough to draw boxes on, small enough to send at once
+
+
 class UpdateJob:
     """At most one background update of the index, and what it has done so far (for the status)."""
 
@@ -96,6 +99,9 @@ class UpdateJob:
     def stop(self, timeout: float = 30) -> None:
         """Stop a running update at its next photo and wait for it to commit."""
         self._stop.set()
+        self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -110,6 +116,30 @@ class Service:
         self._searches = threading.BoundedSemaphore(max(2, os.cpu_count() or 1))
         self._ids_lock = threading.Lock()
         self._ids: tuple[object, dict[str, str]] | None = None
+        self.watcher = None
+
+    def watch(self, settle: float, poll: float | None) -> None:
+        """Keep the index current as the gallery changes (watch.py), on a thread of its own, through the
+        same background update as the page's button."""
+        from ..watch import Watcher
+
+        def update() -> None:
+            while not self.watcher.stopped.is_set():
+                try:
+                    self.update.start()
+                    break
+                except Busy:  # an update from the page, or another process: the change is seen after it
+                    self.watcher.stopped.wait(2)
+            self.update.wait()
+
+        self.watcher = Watcher(self.index.gallery, update, settle, poll, on_error=lambda exc: None)
+        threading.Thread(target=self.watcher.run, name="spotit-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop watching and any update (which commits the photos it finished)."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.update.stop()
 
     def warm_up(self) -> None:
         """Load the model and the searchable state now, not on the first search."""
@@ -117,21 +147,31 @@ class Service:
             self.index.features.load(self.index.kinds)
 
     # ---- searching -----------------------------------------------------------------------------
-    def search(self, data: bytes, filename: str, boxes: list, method: str | None, top: int) -> dict:
-        """The `spotit search --json` answer for an uploaded photo; ImageError if it is no image,
-        SpotitError for boxes or a method that cannot apply."""
-        image = decode_image(data, filename or "upload", self.max_pixels)
-        boxes = [check_box(box, image.shape[1], image.shape[0]) for box in boxes]
+    def search(self, uploads: list[tuple[bytes, str]], boxes: list[list], method: str | None, top: int,
+               **options) -> dict:
+        """The `spotit search --json` answer for uploaded photos of one object ((bytes, file name) each, with
+        each one's boxes); `options` are Index.search's matches, under, since and until. ImageError if one
+        is no image, SpotitError for boxes, options or a method that cannot apply."""
+        images = [decode_image(data, filename or "upload", self.max_pixels) for data, filename in uploads]
+        boxes = [[check_box(box, image.shape[1], image.shape[0]) for box in entry] for image, entry in zip(images, boxes)]
         method = method or self.index.default_method
+        several = len(images) > 1
         with self._searches:
-            results = self.index.search(image, boxes, method=method, top=top)
+            results = self.index.search(images if several else images[0], boxes if several else boxes[0],
+                                        method=method, top=top, **options)
         hits = []
         for hit in results:
             entry = hit.to_dict()
             entry.update(width=hit.width, height=hit.height)
             hits.append(entry)
-        return {"query": filename, "boxes": boxes, "method": method, "width": image.shape[1],
-                "height": image.shape[0], "results": hits}
+        names = [filename for _, filename in uploads]
+        return {"query": names if several else names[0], "boxes": boxes if several else boxes[0], "method": method,
+                "width": images[0].shape[1], "height": images[0].shape[0], "results": hits}
+
+    def preview(self, data: bytes, filename: str) -> tuple[bytes, int, int]:
+        """(JPEG of an uploaded photo as spotit reads it, at most PREVIEW_SIDE pixels, its width, its height)."""
+        image = decode_image(data, filename or "upload", self.max_pixels)
+        return jpeg(image, PREVIEW_SIDE), image.shape[1], image.shape[0]
 
     # ---- gallery photos ------------------------------------------------------------------------
     def _names_by_id(self) -> dict[str, str]:
@@ -180,4 +220,5 @@ class Service:
         return {"spotit": __version__, "index": str(index.store.root), "gallery": str(index.gallery),
                 "photos": photos, "methods": index.methods, "default_method": index.default_method,
                 "backbone": manifest.get("backbone"), "vectors": manifest.get("vectors", "auto"),
-                "last_update": manifest.get("updated"), "update": update}
+                "last_update": manifest.get("updated"), "update": update,
+                "watching": None if self.watcher is None else ("polling" if self.watcher.polling else "file events")}

@@ -18,7 +18,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ..catalogue import Changed, Columns, Images, columns_of, decode, encode, images_of, row_of
+from ..catalogue import NO_DATE, Changed, Columns, Images, columns_of, decode, encode, images_of, row_of
 from ..errors import SpotitError
 from ..fileio import atomic_write_bytes
 from . import public
@@ -29,7 +29,7 @@ KEEP = 32  # generations a dead entry stays readable: a reader of the catalogue 
 PART = 60000  # characters of state per head row (Milvus' VARCHAR holds 65,535 bytes)
 BATCH = 5000
 _DUMMY = [0.0, 0.0]  # Milvus wants a vector field in every collection; these collections are only queried
-_PHOTO_FIELDS = ["key", "born", "shard", "row", "size", "mtime_ns", "width", "height", "stale"]
+_PHOTO_FIELDS = ["key", "born", "shard", "row", "size", "mtime_ns", "width", "height", "taken", "stale"]
 
 
 def folder_id(root: Path) -> int:
@@ -96,7 +96,7 @@ class MilvusCatalogue:
         from pymilvus import DataType
 
         for name, fields in ((self.photos, [("born", DataType.INT64), ("shard", DataType.VARCHAR)] +
-                              [(f, DataType.INT64) for f in ("row", "size", "mtime_ns", "width", "height")] +
+                              [(f, DataType.INT64) for f in ("row", "size", "mtime_ns", "width", "height", "taken")] +
                               [("stale", DataType.BOOL)]),
                              (self.deaths, [("died", DataType.INT64)]),
                              (self.heads, [("generation", DataType.INT64), ("part", DataType.INT64),
@@ -140,7 +140,8 @@ class MilvusCatalogue:
             if entry is not None:
                 row = dict(zip(_PHOTO_FIELDS, (key_of(name, generation), generation, *row_of(name, entry)[1:])))
                 born.append({**row, "shard": row["shard"] or "", "stale": bool(row["stale"]),
-                             **{f: int(row[f] or 0) for f in ("size", "mtime_ns", "width", "height")}, "v": _DUMMY})
+                             **{f: int(row[f] or 0) for f in ("size", "mtime_ns", "width", "height")},
+                             "taken": NO_DATE if row["taken"] is None else int(row["taken"]), "v": _DUMMY})
         for collection, rows in ((self.photos, born), (self.deaths, deaths)):
             for start in range(0, len(rows), BATCH):
                 self.client.insert(collection, rows[start:start + BATCH])
@@ -221,7 +222,8 @@ class MilvusCatalogue:
             raise Changed
         self._born = {decode(name_of(row["key"])): row["born"] for row in rows}
         return sorted(((name_of(r["key"]), r["shard"], r["row"], r["size"], r["mtime_ns"], r["width"], r["height"],
-                        int(r["stale"])) for r in rows), key=lambda r: r[0])
+                        None if r["taken"] == NO_DATE else r["taken"], int(r["stale"])) for r in rows),
+                      key=lambda r: r[0])
 
     def images(self, generation: int) -> Images:
         return images_of(self._rows(generation))

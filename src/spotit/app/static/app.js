@@ -7,7 +7,9 @@ const SVG = "http://www.w3.org/2000/svg";
 const MIN_BOX = 4;          // photo pixels: a smaller drag is a click, not a box
 const HANDLE_PX = 12;       // size of a corner handle on screen
 
-const state = { file: null, width: 0, height: 0, boxes: [], selected: -1, drag: null, status: null };
+// file, width, height and boxes are those of the photo shown; `photos` holds every query photo's own
+const state = { file: null, width: 0, height: 0, boxes: [], selected: -1, drag: null, status: null,
+  photos: [], current: -1 };
 
 // ---- messages ----------------------------------------------------------------------------------
 function say(text, kind = "error") {
@@ -34,7 +36,8 @@ function showStatus(status) {
   const update = status.update || {};
   $("status-text").textContent =
     `${status.photos.toLocaleString()} photos · methods: ${status.methods.join(", ")} · gallery: ${status.gallery}` +
-    ` · last update: ${when(status.last_update)}` + (update.by ? ` · being updated by ${update.by}` : "");
+    ` · last update: ${when(status.last_update)}` + (update.by ? ` · being updated by ${update.by}` : "") +
+    (status.watching ? " · watching the gallery for changes" : "");
   $("update-progress").hidden = !update.running;
   $("update").disabled = Boolean(update.running || update.by);
   if (update.running) {
@@ -86,38 +89,88 @@ async function startUpdate() {
   refreshStatus();
 }
 
-// ---- the query photo ---------------------------------------------------------------------------
-function setQuery(file) {
+// ---- the query photos ---------------------------------------------------------------------------
+function setQuery(file, another = false) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) {
     say(`${file.name || "That file"} is not an image (${file.type}); choose a photo.`);
     return;
   }
-  state.file = file;
-  state.boxes = [];
-  state.selected = -1;
+  keepPhoto();
+  if (!another) state.photos = [];
+  state.photos.push({ file, width: 0, height: 0, boxes: [], url: null });
   say("");
+  showPhoto(state.photos.length - 1);
+}
+
+function keepPhoto() {
+  const photo = state.photos[state.current];
+  if (photo) Object.assign(photo, { width: state.width, height: state.height, boxes: state.boxes });
+}
+
+function showPhoto(i) {
+  keepPhoto();
+  const entry = state.photos[i];
+  state.current = i;
+  Object.assign(state, { file: entry.file, width: entry.width, height: entry.height, boxes: entry.boxes, selected: -1 });
   const photo = $("photo");
   photo.onload = () => {
-    // naturalWidth/Height are upright: browsers apply the EXIF orientation, as spotit does
-    state.width = photo.naturalWidth;
-    state.height = photo.naturalHeight;
+    // naturalWidth/Height are upright: browsers apply the EXIF orientation, as spotit does; a preview made
+    // by spotit is smaller than the photo, whose size it said
+    if (!entry.width) { entry.width = state.width = photo.naturalWidth; entry.height = state.height = photo.naturalHeight; }
     $("overlay").setAttribute("viewBox", `0 0 ${state.width} ${state.height}`);
-    $("stage").hidden = false;
-    $("hint").hidden = false;
-    $("box-tools").hidden = false;
+    for (const id of ["stage", "hint", "box-tools"]) $(id).hidden = false;
     drawBoxes();
   };
-  photo.onerror = () => {
-    $("stage").hidden = true;
-    $("hint").hidden = true;
-    $("box-tools").hidden = true;
-    state.width = state.height = 0;
-    say(`The browser cannot show ${file.name || "this file"}, so no box can be drawn; Search sends it whole and ` +
-        "spotit says whether it can read it.", "info");
-  };
-  if (photo.src) URL.revokeObjectURL(photo.src);
-  photo.src = URL.createObjectURL(file);
+  photo.onerror = () => serverPreview(entry);
+  photo.src = entry.url || (entry.url = URL.createObjectURL(entry.file));
+  drawPhotoList();
+}
+
+async function serverPreview(entry) {
+  // HEIC, camera raw...: what the browser cannot show, spotit decodes
+  for (const id of ["stage", "hint", "box-tools"]) $(id).hidden = true;
+  const form = new FormData();
+  form.append("image", entry.file, entry.file.name || "upload");
+  let response;
+  try { response = await fetch("/api/preview", { method: "POST", body: form }); } catch (e) { response = null; }
+  if (!response || !response.ok) {
+    say(`Neither the browser nor spotit can show ${entry.file.name || "this file"}` +
+        (response ? `: ${await errorText(response)}` : "."));
+    return;
+  }
+  entry.width = state.width = Number(response.headers.get("X-Photo-Width"));
+  entry.height = state.height = Number(response.headers.get("X-Photo-Height"));
+  entry.url = URL.createObjectURL(await response.blob());
+  if (state.photos[state.current] === entry) $("photo").src = entry.url;
+}
+
+function drawPhotoList() {
+  $("photos").hidden = state.photos.length === 0;
+  $("photo-list").replaceChildren(...state.photos.map((entry, i) => {
+    const item = document.createElement("li");
+    const show = document.createElement("button");
+    show.type = "button";
+    const boxes = i === state.current ? state.boxes.length : entry.boxes.length;
+    show.textContent = `Photo ${i + 1}: ${entry.file.name || "pasted"} (${boxes ? `${boxes} box${boxes > 1 ? "es" : ""}` : "whole"})`;
+    show.setAttribute("aria-current", String(i === state.current));
+    show.onclick = () => showPhoto(i);
+    item.append(show);
+    if (state.photos.length > 1) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", `Remove photo ${i + 1}`);
+      remove.onclick = () => {
+        keepPhoto();
+        state.photos.splice(i, 1);
+        state.current = -1;
+        showPhoto(Math.min(i, state.photos.length - 1));
+      };
+      item.append(remove);
+    }
+    return item;
+  }));
 }
 
 // ---- boxes ---------------------------------------------------------------------------------------
@@ -180,6 +233,7 @@ function drawBoxes() {
     return item;
   }));
   $("clear-boxes").disabled = state.boxes.length === 0;
+  if (state.photos.length) drawPhotoList();
 }
 
 function removeBox(i) {
@@ -279,11 +333,16 @@ async function search(event) {
   if (!state.file) { say("Choose, drop or paste a query photo first."); $("drop").focus(); return; }
   const top = Number($("top").value);
   if (!Number.isInteger(top) || top < 1 || top > 1000) { say("Results must be a whole number from 1 to 1000."); return; }
+  keepPhoto();
   const form = new FormData();
-  form.append("image", state.file, state.file.name || "pasted.png");
-  form.append("boxes", JSON.stringify(state.boxes.map((b) => b.map((v) => Math.round(v * 10) / 10))));
+  const rounded = (boxes) => boxes.map((b) => b.map((v) => Math.round(v * 10) / 10));
+  for (const entry of state.photos) form.append("image", entry.file, entry.file.name || "pasted.png");
+  form.append("boxes", JSON.stringify(state.photos.length > 1 ? state.photos.map((p) => rounded(p.boxes))
+    : rounded(state.boxes)));
   form.append("top", String(top));
-  if ($("method").value) form.append("method", $("method").value);
+  for (const field of ["method", "matches", "under", "since", "until"]) {
+    if ($(field).value.trim()) form.append(field, $(field).value.trim());
+  }
   say("");
   $("search").disabled = true;
   $("searching").hidden = false;
@@ -314,21 +373,28 @@ function outline(result, target) {
 
 function caption(result, rank) {
   const parts = [`#${rank}`, result.id, `score ${result.score.toFixed(3)}`];
+  if (result.match) parts.push(`match: ${result.match} (${Math.round(result.confidence * 100)}%)`);
   if (result.inliers != null) parts.push(`${result.inliers} inliers`);
+  if (result.query_photo != null) parts.push(`found by photo ${result.query_photo + 1}`);
   return parts;
 }
 
 function showResults(answer, seconds) {
   const results = $("results");
   const heading = document.createElement("p");
+  const photos = Array.isArray(answer.query) ? answer.query.length : 1;
+  const boxes = (photos > 1 ? answer.boxes.flat(1) : answer.boxes).length;
   heading.textContent = `${answer.results.length} results (${answer.method}, ${seconds.toFixed(2)} s)` +
-    (answer.boxes.length ? ` for ${answer.boxes.length} box${answer.boxes.length > 1 ? "es" : ""}` : " for the whole photo");
+    (photos > 1 ? ` for ${photos} photos` : "") +
+    (boxes ? ` for ${boxes} box${boxes > 1 ? "es" : ""}` : photos > 1 ? "" : " for the whole photo") +
+    (answer.results.length === 0 && $("matches").value ? ": no photo shows it" : "");
   const cards = answer.results.map((result, i) => {
     const figure = document.createElement("figure");
     figure.className = "result";
     figure.tabIndex = 0;
     figure.setAttribute("role", "button");
     figure.dataset.id = result.id;
+    if (result.match) figure.dataset.match = result.match;
     const thumb = document.createElement("div");
     thumb.className = "thumb";
     if (result.thumbnail_url) {
@@ -351,7 +417,14 @@ function showResults(answer, seconds) {
     const strong = document.createElement("span");
     strong.className = "rank";
     strong.textContent = rank + " ";
-    text.append(strong, rest.join(" · "));
+    text.append(strong, rest.filter((part) => !part.startsWith("match:")).join(" · "));
+    if (result.match) {  // the verdict as a badge; the label says it in words
+      const badge = document.createElement("span");
+      badge.className = `match ${result.match}`;
+      badge.textContent = `${result.match} ${Math.round(result.confidence * 100)}%`;
+      badge.title = "Does this photo show the object? (calibrated confidence)";
+      text.prepend(badge);
+    }
     if (result.quad) {
       const verified = document.createElement("span");
       verified.className = "verified";
@@ -394,6 +467,7 @@ function imageFrom(dataTransfer) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("file").addEventListener("change", (e) => setQuery(e.target.files[0]));
+  $("more").addEventListener("change", (e) => { setQuery(e.target.files[0], true); e.target.value = ""; });
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
