@@ -126,7 +126,7 @@ def test_an_index_of_a_real_library_takes_the_photos_and_says_what_it_left_out(t
     assert {best[0].id, best[1].id} == {"2024/phone", "2024/phone-copy"}
     assert index.search(demo["gallery"] / "scene-3.jpg", top=1)[0].id == "camera"
     # given again, the globs replace the recorded ones: the drafts come in
-    assert main(["index", str(gallery), "--index", str(index_dir), "--exclude", "--quiet"]) == 0
+    assert main(["index", str(gallery), "--index", str(index_dir), "--no-exclude", "--quiet"]) == 0
     assert len(Index.open(index_dir)) == 5
 
 

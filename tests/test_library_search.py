@@ -84,6 +84,9 @@ def test_the_cli_takes_a_box_per_query_photo(demo_index, demo, capsys):
     assert main([*args, "--box", box, "--box", "whole", "--top", "8", "--matches"]) == 0
     out = capsys.readouterr().out
     assert "(query photo 1)" in out and "(query photo 2)" in out and " no " not in out
+    assert main(["search", str(demo["query"]), "--box", "whole", "--index", str(demo_index.store.root), "--json",
+                 "--quiet"]) == 0
+    assert '"boxes": []' in capsys.readouterr().out
 
 
 # ---- a scope ---------------------------------------------------------------------------------------
@@ -125,8 +128,30 @@ def test_under_since_and_until_restrict_the_search(dated_index, demo):
     assert dated_index.search(demo["query"], top=3, under="no-such-folder") == []
 
 
+def test_a_hybrid_search_keeps_to_its_scope_after_query_expansion(gallery_copy, demo, tmp_path, capsys):
+    (gallery_copy / "sub").mkdir()
+    for name in ("cup-1.jpg", "cup-2.jpg"):
+        (gallery_copy / name).rename(gallery_copy / "sub" / name)
+    index = Index.create(tmp_path / "index", gallery_copy, ["hybrid"])
+    index.update(progress=False)
+    everywhere = [hit.id for hit in index.search(demo["query"], [demo["box"]], top=5)]
+    assert {"sub/cup-1", "sub/cup-2", "cup-3"} <= set(everywhere)
+    scoped = index.search(demo["query"], [demo["box"]], top=5, under="sub")
+    assert [hit.id for hit in scoped] == ["sub/cup-1", "sub/cup-2"] or [hit.id for hit in scoped] == ["sub/cup-2", "sub/cup-1"]
+    box = ",".join(map(str, demo["box"]))
+    # the CLI: an absolute folder, a bare --matches before the query, a scope that holds nothing
+    assert main(["search", "--matches", str(demo["query"]), "--box", box, "--index", str(tmp_path / "index"),
+                 "--under", str(gallery_copy / "sub"), "--quiet"]) == 0
+    listed = capsys.readouterr().out
+    assert "sub/cup-1" in listed and "cup-3" not in listed
+    assert main(["search", str(demo["query"]), "--index", str(tmp_path / "index"), "--under", "nowhere", "--quiet"]) == 0
+    assert "no indexed photo is in that scope" in capsys.readouterr().out
+    assert main(["search", str(demo["query"]), "--index", str(tmp_path / "index"), "--under", "/etc", "--quiet"]) == 2
+    assert "not inside the gallery" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("options, message", [
-    ({"since": "last week"}, "must look like 2024-06-01"),
+    ({"since": "last week"}, "--since last week: not a date"),
     ({"since": "2024-02-01", "until": "2024-01-01"}, "--since is after --until"),
     ({"under": "../elsewhere"}, "inside the gallery"),
     ({"under": "/"}, "not inside the gallery"),
@@ -185,3 +210,5 @@ def test_watch_options_are_checked(demo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["index", str(demo["gallery"]), "--index", str(tmp_path / "i"), "--watch", "--watch-poll", "0"])
     assert "--watch-poll: 0 must be at least 0.1" in capsys.readouterr().err
+    assert main(["index", str(demo["gallery"]), "--index", str(tmp_path / "i"), "--watch-settle", "1"]) == 2
+    assert "apply with --watch only" in capsys.readouterr().err and not (tmp_path / "i").exists()

@@ -17,9 +17,10 @@ from . import __version__, backbones, vectors
 from .catalogue import describe
 from .errors import SpotitError
 from .fileio import check_output_dir, check_output_file
-from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
+from .images import DEFAULT_EXCLUDES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
 from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods, query_photos
 from .scope import Scope
+from .watch import SETTLE_S
 from .cluster.milvus import TOKEN_ENV as MILVUS_TOKEN_ENV
 from .ranking import format_name, ranklist_line, write_ranklist
 
@@ -64,8 +65,8 @@ def add_watch_args(p, what: str) -> None:
     p.add_argument("--watch-poll", type=number_type(float, "a number of seconds", 0.1), metavar="SECONDS",
                    help="with --watch: look for changes every SECONDS instead of using file events (the default on "
                         "network file systems, whose events miss other machines' changes: every 10 s)")
-    p.add_argument("--watch-settle", type=number_type(float, "a number of seconds", 0), default=2.0, metavar="SECONDS",
-                   help="with --watch: wait until no change came for SECONDS before updating (default: 2)")
+    p.add_argument("--watch-settle", type=number_type(float, "a number of seconds", 0), metavar="SECONDS",
+                   help=f"with --watch: wait until no change came for SECONDS before updating (default: {SETTLE_S:g})")
 
 
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
@@ -96,9 +97,12 @@ def cmd_index(args) -> int:
     index_dir = check_output_dir(args.index or default_index_dir(), "index folder")
     if args.milvus_token:
         os.environ[MILVUS_TOKEN_ENV] = args.milvus_token
+    check_watch_args(args)
+    if args.no_exclude and args.exclude:
+        raise SpotitError("give either --exclude or --no-exclude, not both")
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
                                  rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors,
-                                 catalogue=args.catalogue, exclude=args.exclude)
+                                 catalogue=args.catalogue, exclude=[] if args.no_exclude else args.exclude)
     try:
         report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels, ray=args.ray)
     except KeyboardInterrupt:
@@ -217,14 +221,16 @@ def cmd_search(args) -> int:
     if args.queries is not None:
         return search_batch(args)
     several = len(args.query) > 1
-    boxes = [None if text.strip() == "whole" and several else parse_box(text) for text in args.box or []]
+    boxes = [None if text.strip() == "whole" else parse_box(text) for text in args.box or []]
+    if not several:
+        boxes = [box for box in boxes if box is not None]  # "whole" alone: no box
     index = Index.open(args.index, args.weights)
     scope = Scope.of(args.under, args.since, args.until)  # a bad date is said before any photo is read
     images, boxes = query_photos(args.query if several else args.query[0],
                                  (boxes or None) if several else boxes, args.max_pixels)
     args.method = args.method or index.default_method
     results = index.search(images if several else images[0], boxes if several else boxes[0], method=args.method,
-                           top=args.top, progress=not args.quiet, matches=args.matches, under=scope.under,
+                           top=args.top, progress=not args.quiet, matches=args.matches, under=args.under,
                            since=args.since, until=args.until)
     if args.grid:
         from .grid import save_grid
@@ -236,7 +242,10 @@ def cmd_search(args) -> int:
                         "method": args.method, "results": [r.to_dict() for r in results]}))
     else:
         print_top(f"{' + '.join(queries)} ({args.method}):", results, args.top)
-        if args.matches and not results:
+        if not results and scope != Scope():
+            say("  no indexed photo is in that scope (--under, --since, --until)" +
+                ("" if scope.since is None and scope.until is None else "; photos without an EXIF date are in none"))
+        elif args.matches and not results:
             say("  no photo shows it" + (" for sure (--matches yes); try --matches maybe" if args.matches == "yes" else ""))
         if args.grid:
             say(f"grid written to {args.grid}")
@@ -348,6 +357,7 @@ def cmd_serve(args) -> int:
     if not loopback and not token and not args.no_auth:
         raise SpotitError(f"--host {args.host} lets other machines reach the index: give --token T (or set "
                           "$SPOTIT_TOKEN) so that every request must carry it, or --no-auth to serve it to anyone")
+    check_watch_args(args)
     index = Index.open(args.index, args.weights)
     service = Service(index, args.max_pixels)
     sock = listening_socket(args.host, args.port)
@@ -484,15 +494,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "with PQ codes, best candidates re-scored exactly); or Milvus: a Milvus Lite file (PATH.db, one "
                         "process at a time) or a server (http://host:19530). Recorded in the index: searches and "
                         "`spotit serve` need no flag. Milvus needs pip install 'spotit[cluster]'")
-    p.add_argument("--exclude", nargs="*", metavar="GLOB",
-                   help="leave out files or folders matching these globs (on the name; with a /, on the path in the "
-                        "gallery), beside what always is: hidden files, macOS ._ files, @eaDir, #recycle, $RECYCLE.BIN. "
-                        "Recorded in the index; given again, they replace the recorded ones (none: clear them)")
+    p.add_argument("--exclude", action="append", metavar="GLOB",
+                   help="leave out files or folders matching GLOB (on the name; with a /, on the path in the gallery); "
+                        "repeat for more. Always left out: " + ", ".join(pattern for pattern, _ in DEFAULT_EXCLUDES) +
+                        ". Recorded in the index; given again, the globs replace the recorded ones")
+    p.add_argument("--no-exclude", action="store_true", help="forget the recorded --exclude globs")
     add_watch_args(p, "keep running, and update the index whenever photos are added, changed, moved or deleted")
     p.add_argument("--catalogue", metavar="sqlite|URI",
                    help="where the catalogue (which photos, where their features are) lives: sqlite, inside the index "
                         "folder (the default), or a Milvus server (http://host:19530) for an index folder on a shared "
-                        "file system that spotit processes on several machines open; moving it needs --rebuild")
+                        "file system that spotit processes on several machines open (a Milvus Lite PATH.db works for "
+                        "one process at a time); moving it needs --rebuild")
     p.add_argument("--milvus-token", metavar="TOKEN",
                    help=f"token of a Milvus server (default: ${MILVUS_TOKEN_ENV}; searches read it from there, never from the index)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -611,6 +623,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bare_matches(argv: list[str]) -> list[str]:
+    """`--matches` followed by anything but yes or maybe is `--matches maybe`: a query photo after it is not
+    taken for its value."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--matches" and (i + 1 == len(argv) or argv[i + 1] not in ("yes", "maybe")):
+            out.append("maybe")
+    return out
+
+
+def check_watch_args(args) -> None:
+    if not args.watch and (args.watch_poll is not None or args.watch_settle is not None):
+        raise SpotitError("--watch-poll and --watch-settle apply with --watch only")
+    if args.watch_settle is None:
+        args.watch_settle = SETTLE_S
+
+
 def join_negative_boxes(argv: list[str]) -> list[str]:
     """`--box -50,-50,100,100` -> `--box=-50,-50,100,100`: argparse takes a value starting with '-' for an option."""
     out, i = [], 0
@@ -634,7 +664,7 @@ def interrupt_once(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = join_negative_boxes(sys.argv[1:] if argv is None else list(argv))
+    argv = bare_matches(join_negative_boxes(sys.argv[1:] if argv is None else list(argv)))
     if not argv:
         parser.print_help()
         return 0

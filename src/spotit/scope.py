@@ -31,7 +31,7 @@ def taken(path: str | os.PathLike) -> int | None:
     return int(when.replace(tzinfo=dt.timezone.utc).timestamp())
 
 
-def parse_date(value, end: bool = False) -> int | None:
+def parse_date(value, end: bool = False, option: str = "date") -> int | None:
     """A date ("2024-06-01"), a datetime ("2024-06-01T14:30"), or a date/datetime object, as seconds;
     a date alone stands for its first second, or with `end` for its last."""
     if value is None:
@@ -40,13 +40,13 @@ def parse_date(value, end: bool = False) -> int | None:
         try:
             value = dt.datetime.fromisoformat(value) if "T" in value or " " in value.strip() else dt.date.fromisoformat(value)
         except ValueError:
-            raise SpotitError(f"date {value!r} must look like 2024-06-01 or 2024-06-01T14:30") from None
+            raise SpotitError(f"{option} {value}: not a date; give one like 2024-06-01 or 2024-06-01T14:30") from None
     if isinstance(value, dt.datetime):
         return int(value.replace(tzinfo=dt.timezone.utc).timestamp())
     if isinstance(value, dt.date):
         day = dt.datetime.combine(value, dt.time.max if end else dt.time.min, dt.timezone.utc)
         return int(day.timestamp())
-    raise SpotitError(f"date {value!r} must be a string like 2024-06-01, a date or a datetime")
+    raise SpotitError(f"{option} {value!r}: give a string like 2024-06-01, a date or a datetime")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Scope:
             folder = str(under).replace(os.sep, "/").strip("/")
             if folder.startswith("../") or "/../" in f"/{folder}/":
                 raise SpotitError(f"--under {under}: give a folder inside the gallery, relative to it")
-        scope = cls(folder, parse_date(since), parse_date(until, end=True))
+        scope = cls(folder, parse_date(since, option="--since"), parse_date(until, end=True, option="--until"))
         if scope.since is not None and scope.until is not None and scope.since > scope.until:
             raise SpotitError("--since is after --until: nothing is in that range")
         return scope

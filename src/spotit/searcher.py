@@ -278,8 +278,9 @@ class Searcher:
             query_local = query_local.result()
         if mask is not None:
             scores, rotated = within(scores, mask), within(rotated, mask)
-        return rerank.rerank(query_local, (query.shape[1], query.shape[0]), boxed, snap.names, scores, rotated,
-                             snap.reader("verify"), snap.sizes, self.conf, snap.regions()[0], query_vector)
+        fused, checks = rerank.rerank(query_local, (query.shape[1], query.shape[0]), boxed, snap.names, scores, rotated,
+                                      snap.reader("verify"), snap.sizes, self.conf, snap.regions()[0], query_vector)
+        return within(fused, mask), checks  # query expansion re-scores the whole gallery
 
     def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool,
                mask=None):
