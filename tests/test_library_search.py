@@ -51,6 +51,18 @@ def test_the_verdict_model_is_fitted_and_its_cut_off_reaches_the_precision():
     assert verdict.verdict(0.999) == "yes" and verdict.verdict(0.0) == "no"
 
 
+def test_matches_look_past_the_shortlist_only_where_similarity_alone_could_do():
+    from spotit.searcher import could_match
+
+    conf = verdict.confs["default"]
+    alone_maybe = next(s for s in np.linspace(0, 1, 1001) if verdict.probability(0.0, s) >= conf["maybe"])
+    merged = np.array([0.05, alone_maybe + 0.01, 0.9, -np.inf, alone_maybe - 0.01])
+    scores, count = could_match(merged, [{0: None}], "maybe")  # row 0 was verified (whatever its score)
+    assert count == 3 and np.isfinite(scores).tolist() == [True, True, True, False, False]
+    if verdict.probability(0.0, 1.0) < conf["yes"]:  # similarity alone never makes a yes
+        assert could_match(merged, [{0: None}], "yes")[1] == 1
+
+
 def test_a_cut_off_never_splits_a_tie_and_holds_on_every_set():
     p = np.array([0.9, 0.8, 0.8, 0.8, 0.1])
     labels = np.array([1, 1, 0, 0, 0])

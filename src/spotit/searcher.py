@@ -306,9 +306,10 @@ class Searcher:
         stacked = np.stack([scores for scores, _ in per_crop])
         best_crop = stacked.argmax(axis=0)
         merged = stacked.max(axis=0)
-        # a match is verified, so it lies in a crop's shortlist: ranking those covers every one
-        limit = self.conf["shortlist"] * len(crops) + (top or 0) if matches else top
-        accepted = verdict.VERDICTS[: verdict.VERDICTS.index(matches) + 1] if matches else verdict.VERDICTS
+        limit, accepted = top, verdict.VERDICTS
+        if matches:
+            merged, limit = could_match(merged, [checks for _, checks in per_crop], matches)
+            accepted = verdict.VERDICTS[: verdict.VERDICTS.index(matches) + 1]
         results = []
         for i in rank(merged, limit):
             if not np.isfinite(merged[i]) or (top is not None and len(results) == top):
@@ -351,3 +352,15 @@ def stale_reason(path: str, entry: dict) -> str | None:
 def within(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """`scores` with -inf for the photos outside `mask` (None: all are inside)."""
     return scores if mask is None else np.where(mask, scores, -np.inf)
+
+
+def could_match(merged: np.ndarray, checks: list[dict], matches: str) -> tuple[np.ndarray, int]:
+    """The scores of the photos that may get a `matches` verdict or better (-inf for the others), and how
+    many: the verified ones, and those whose CNN similarity (their score, unverified) is enough alone."""
+    cut = verdict.confs["default"]["yes" if matches == "yes" else "maybe"]
+    candidates = np.zeros(len(merged), bool)
+    for rows in checks:
+        candidates[list(rows)] = True
+    with np.errstate(over="ignore"):  # -inf outside the scope
+        candidates |= verdict.probability(0.0, merged) >= cut
+    return np.where(candidates, merged, -np.inf), int(candidates.sum())

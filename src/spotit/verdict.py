@@ -21,8 +21,8 @@ confs = {
 
 def features(evidence, similarity) -> np.ndarray:
     """(n, 2) model inputs of n results."""
-    evidence = np.asarray(evidence, np.float64)
-    return np.stack([np.log1p(np.maximum(evidence, 0.0)), np.asarray(similarity, np.float64)], axis=-1)
+    evidence, similarity = np.broadcast_arrays(np.asarray(evidence, np.float64), np.asarray(similarity, np.float64))
+    return np.stack([np.log1p(np.maximum(evidence, 0.0)), similarity], axis=-1)
 
 
 def probability(evidence, similarity, conf: dict = confs["default"]) -> np.ndarray:
