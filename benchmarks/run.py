@@ -142,15 +142,17 @@ def write_markdown(results: dict) -> None:
                   "photo's size is the dev sets' figure above.",
                   "Latency, memory and time to the first answer are measured in a fresh search process, on the machine",
                   "above; recall@100 is the approximate vector shortlist's against exact search over the same regions.", "",
-                  "| set | photos | vectors | queries | mAP | N-S | query median s | query p95 s | peak memory GiB | "
-                  "open to first answer s | KiB/photo | shortlist recall@100 | build s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(json.loads(scale.read_text()).values(), key=lambda r: (r["dataset"], r["images"])):
-            lines.append(f"| {r['dataset']} | {r['images']:,} | {r['vectors']} | {r['queries']} | {fmt(r['map'])} | "
+                  "| method | set | photos | vectors | queries | mAP | N-S | query median s | query p95 s | peak memory GiB | "
+                  "open to first answer s | KiB/photo | shortlist recall@100 | build s | add 1,000 s | remove 1,000 s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        rows = json.loads(scale.read_text()).values()
+        for r in sorted(rows, key=lambda r: (r["method"] != "hybrid", r["method"], r["dataset"], r["images"])):
+            lines.append(f"| {r['method']} | {r['dataset']} | {r['images']:,} | {r['vectors']} | {r['queries']} | {fmt(r['map'])} | "
                          f"{fmt(r['ns'])} | {fmt(r['query_s_median'])} | {fmt(r['query_s_p95'])} | "
-                         f"{r['peak_rss_bytes'] / 2**30:.2f} | {fmt(r['open_to_first_answer_s'], 1)} | "
-                         f"{r['index_bytes_per_image'] / 1024:.1f} | {fmt(r.get('shortlist_recall@100'))} | "
-                         f"{fmt(r.get('build_s'), 0) if (r.get('build_s') or 0) >= 1 else 'reused'} |")
+                         f"{r['rss_bytes'] / 2**30:.2f} | {fmt(r['open_s'], 1)} | "
+                         f"{r['index_bytes_per_image'] / 1024:.1f} | {fmt(r.get('recall_at_100'))} | "
+                         f"{fmt(r.get('build_s'), 0) if (r.get('build_s') or 0) >= 1 else 'reused'} | "
+                         f"{fmt(r.get('add_1000_s'), 2)} | {fmt(r.get('remove_1000_s'), 2)} |")
     compression = HERE / "compression.json"
     if compression.is_file():
         lines += ["", "## Size and quality of the verification features", "",

@@ -2,6 +2,7 @@
 approximate vector shortlist, and results that do not depend on the order photos came and went in."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from spotit import Index
 from spotit.catalogue import Catalogue
 from spotit.errors import SpotitError
-from spotit.vectors import ApproximateRegions, ExactRegions, ID_STRIDE, add_codes, encode, region_ids, train
+from spotit.vectors import (ApproximateRegions, ExactRegions, GlobalVectors, ID_STRIDE, add_codes, encode, global_kind,
+                            region_ids, train)
 
 
 def search(index: Index, demo) -> list[tuple[str, float]]:
@@ -120,6 +122,67 @@ def test_approximate_regions_find_what_exact_search_finds():
     assert ID_STRIDE >= per_image
 
 
+def test_the_cnn_flat_index_finds_the_k_best_of_exact_search_within_a_mask():
+    rng = np.random.default_rng(2)
+    photos, dims = 3000, 64
+    gallery = rng.random((photos, dims), np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    exact, flat = GlobalVectors("exact", photos, dims), GlobalVectors("flat-fp16", photos, dims)
+    order = rng.permutation(photos)  # filled out of order, as shards interleave in the catalogue
+    for part in np.array_split(order, 7):
+        exact.put(part, gallery[part])
+        flat.put(part, gallery[part])
+    query = gallery[5] + 0.1 * rng.random(dims, np.float32)
+    truth, found = exact.scores(query), flat.scores(query, 50)
+
+    def same_best(found, truth, k):  # the same up to float16 rounding: near ties may swap
+        best = np.flatnonzero(found > -1)
+        assert len(best) == k and np.allclose(found[best], truth[best], atol=2e-3)
+        assert np.allclose(np.sort(found[best]), np.sort(truth)[-k:], atol=2e-3)
+        assert len(set(best) & set(np.argsort(-truth)[:k])) >= 0.9 * k
+
+    same_best(found, truth, 50)
+    assert found.argmax() == truth.argmax() == 5
+    mask = np.zeros(photos, bool)
+    mask[::3] = True
+    scoped = flat.scores(query, 20, mask)
+    assert mask[scoped > -1].all()
+    same_best(scoped, np.where(mask, truth, -2), 20)
+    assert (flat.scores(query) > -1).all()  # no k: every photo scored
+    assert global_kind("auto", 10) == "exact" and global_kind("auto", 10**6) == "flat-fp16"
+    assert global_kind("ivfpq", 10) == "flat-fp16" and global_kind("exact", 10**6) == "exact"
+
+
+def test_cnn_through_faiss_ranks_a_gallery_as_exact_search_does(demo, tmp_path):
+    exact = Index.create(tmp_path / "exact", demo["gallery"], ["cnn"], vectors="exact")
+    exact.update(progress=False)
+    flat = Index.create(tmp_path / "flat", demo["gallery"], ["cnn"], vectors="ivfpq")
+    flat.update(progress=False)
+    assert flat.snapshot().global_vectors().kind == "flat-fp16"
+    assert exact.snapshot().global_vectors().kind == "exact"
+    for top in (None, 5):
+        truth = [(h.id, round(h.score, 3)) for h in exact.search(demo["query"], [demo["box"]], method="cnn", top=top)]
+        found = [(h.id, round(h.score, 3)) for h in flat.search(demo["query"], [demo["box"]], method="cnn", top=top)]
+        assert [i for i, _ in found] == [i for i, _ in truth] and len(found) == (top or 20)
+        assert np.allclose([s for _, s in found], [s for _, s in truth], atol=2e-3)
+    import h5py
+
+    shard = next((tmp_path / "flat" / "shards").glob("*.h5"))
+    with h5py.File(shard) as data:
+        assert data["global"].dtype == np.float16  # half the disk of float32
+
+
+def test_distractors_are_calibrated_against_unrelated_photos_only(demo, tmp_path):
+    from spotit.datasets import Dataset, Query
+    from spotit.scale import related_groups
+
+    names = ["a/1.jpg", "a/2.jpg", "b/3.jpg", "c/4.jpg", "d/5.jpg"]
+    queries = [Query("1.jpg", tmp_path / "1.jpg", [], {"default": (["a/2", "b/3"], [])}),
+               Query("x.jpg", tmp_path / "x.jpg", [], {"easy": (["d/5"], []), "hard": (["c/4"], [])})]
+    groups = related_groups(Dataset("set", "plain", tmp_path, tmp_path, queries), names)
+    assert groups[1] == groups[2] != groups[3] and groups[3] == groups[4] and groups[0] != groups[1]
+
+
 def test_photos_listed_with_one_shared_local_feature_set_store_it_once(tmp_path):
     from spotit.local_features import LocalFeatures
     from spotit.store import Store
@@ -157,12 +220,18 @@ def test_bench_scale_adds_distractors_and_measures_the_real_queries(demo, tmp_pa
     assert main(["bench", "scale", str(root), "--images", "300", "--vectors", "ivfpq", "--recall", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["images"] == 300 and result["vectors"] == "ivfpq" and result["queries"] == 3
-    assert 0 < result["map"] <= 1 and 0 < result["shortlist_recall@100"] <= 1
-    assert result["peak_rss_bytes"] > 0 and result["open_to_first_answer_s"] > 0
+    assert 0 < result["map"] <= 1 and 0 < result["recall_at_100"] <= 1
+    assert result["rss_bytes"] > 0 and result["open_s"] > 0 and result["add_1000_s"] > 0 and result["remove_1000_s"] > 0
     index = Index.open(result["index"])
-    assert sum(name.startswith("~distractors/") for name in index.snapshot().names) == 280
+    assert sum(name.startswith("~distractors/") for name in index.snapshot().names) == 280  # the 1,000 added are gone
+    assert sorted(p.name for p in Path(result["index"], "shards").glob("*.h5")) == sorted(set(index.store.columns().shards))
     assert main(["bench", "scale", str(root), "--images", "20", "--quiet"]) == 2
     assert "must exceed the 20 photos" in capsys.readouterr().err
+    assert main(["bench", "scale", str(root), "--images", "300", "--method", "cnn", "--vectors", "ivfpq", "--recall",
+                 "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["vectors"] == "flat-fp16" and result["recall_at_100"] > 0.95 and 0 < result["map"] <= 1
+    assert Index.open(result["index"]).methods == ["cnn"] and result["index"].endswith("-cnn")
 
 
 def test_removing_photos_rewrites_only_the_shards_they_emptied(demo, photo_names, tmp_path):

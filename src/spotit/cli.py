@@ -493,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{vectors.AUTO_EXACT_PHOTOS:,} photos, then ivfpq), exact (every region in memory) or ivfpq (IVF "
                         "with PQ codes, best candidates re-scored exactly); or Milvus: a Milvus Lite file (PATH.db, one "
                         "process at a time) or a server (http://host:19530). Recorded in the index: searches and "
-                        "`spotit serve` need no flag. Milvus needs pip install 'spotit[cluster]'")
+                        "`spotit serve` need no flag. The cnn method's descriptors follow it: exact in memory, else "
+                        "a faiss flat index of float16 codes (also beside Milvus). Milvus needs pip install 'spotit[cluster]'")
     p.add_argument("--exclude", action="append", metavar="GLOB",
                    help="leave out files or folders matching GLOB (on the name; with a /, on the path in the gallery); "
                         "repeat for more. Always left out: " + ", ".join(pattern for pattern, _ in DEFAULT_EXCLUDES) +
@@ -612,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", type=Path, help="benchmark folder, as for `spotit eval`")
     p.add_argument("--images", type=positive_int, required=True, metavar="N", help="photos in the index in all")
     p.add_argument("--vectors", choices=vectors.CHOICES, default="auto", help="vector index kind (default: auto)")
-    p.add_argument("--method", default="hybrid", choices=["hybrid", "regional"], help="search method (default: hybrid)")
+    p.add_argument("--method", default="hybrid", choices=["hybrid", "regional", "cnn"],
+                   help="search method (default: hybrid; cnn gets a scale index of its own)")
     p.add_argument("--max-queries", type=positive_int, help="run at most this many queries, spread over the set")
     p.add_argument("--top", type=positive_int, default=1000, help="rank this many photos per query (default: 1000)")
     p.add_argument("--recall", action="store_true",

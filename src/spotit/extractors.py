@@ -65,7 +65,8 @@ class Extractors:
         out = {}
         for kind in kinds:
             extractor = self.get(kind)
-            out[kind] = extractor(image) if kind == "global" else extractor.gallery(image)
+            # a gallery's CNN descriptors are stored as float16: what a large gallery's faiss index holds
+            out[kind] = extractor(image).astype(np.float16) if kind == "global" else extractor.gallery(image)
         return out
 
     @contextlib.contextmanager

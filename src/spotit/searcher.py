@@ -26,6 +26,7 @@ from .whitening import Whitening
 
 # search method -> the feature kinds it reads from the index
 METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "regional": ["regions"], "hybrid": ["regions", "verify"]}
+CNN_SHORTLIST = 1000  # photos the cnn method ranks in a gallery searched through faiss, when fewer are asked for
 
 
 @dataclass
@@ -108,8 +109,19 @@ class Snapshot:
     def ids(self) -> list[str]:
         return self.cached("ids", lambda: assign_ids(self.names))
 
-    def dense(self, kind: str) -> np.ndarray:
-        return self.cached(kind, lambda: self.store.load_dense(kind)[1].astype(np.float32))
+    def global_vectors(self) -> vectors.GlobalVectors:
+        """The cnn method's descriptors, searchable (vectors.global_kind says how, from the index's --vectors)."""
+        def make():
+            kind = vectors.global_kind(self.manifest.get("vectors", "auto"), len(self.names))
+            out = None
+            for shard, members in sorted(self.store.placements().items()):
+                matrix = self.store.read_rows(shard, "global")  # a shard at a time: no float32 copy of all
+                if out is None:
+                    out = vectors.GlobalVectors(kind, len(self.names), matrix.shape[1])
+                positions, rows = zip(*members)
+                out.put(list(positions), matrix[list(rows)])
+            return out or vectors.GlobalVectors("exact", 0, 1)
+        return self.cached("global-vectors", make)
 
     def local(self, kind: str) -> dict:
         return self.cached(f"local-{kind}", lambda: {n: expand(f) for n, f in self.store.load_local(kind).items()})
@@ -241,9 +253,11 @@ class Searcher:
         self.extractor = extractor
         self.conf = rerank.confs[conf]
 
-    def cnn(self, snap: Snapshot, query: np.ndarray) -> np.ndarray:
-        """Seed CNN: cosine similarity of global descriptors."""
-        return snap.dense("global") @ self.extractor("global")(query)
+    def cnn(self, snap: Snapshot, query: np.ndarray, top: int | None = None, mask=None) -> np.ndarray:
+        """Seed CNN: cosine similarity of global descriptors (in a large gallery, of the CNN_SHORTLIST or `top`
+        best in `mask`; the others score -1)."""
+        k = None if top is None else max(top, CNN_SHORTLIST)
+        return snap.global_vectors().scores(self.extractor("global")(query), k, mask)
 
     def regional(self, snap: Snapshot, query: np.ndarray, photo_side: int | None = None, boxed: bool = False):
         """Best cosine similarity between the query and any region of each gallery image, in the whitened
@@ -283,12 +297,12 @@ class Searcher:
         return within(fused, mask), checks  # query expansion re-scores the whole gallery
 
     def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool,
-               mask=None):
+               mask=None, top: int | None = None):
         """(scores, verifications or None) of every gallery image for one query crop; -inf outside `mask`."""
         if method == "hybrid":
             return self.hybrid(snap, crop, photo_side, boxed, mask)
         if method == "cnn":
-            scores = self.cnn(snap, crop)
+            scores = self.cnn(snap, crop, top, mask)
         elif method == "sift":
             scores = self.sift(snap, crop, progress)
         else:
@@ -302,7 +316,7 @@ class Searcher:
         they merge by best score. `matches` ("yes", or "maybe": yes and maybe) keeps only those verdicts."""
         crops = [(photo, image if box is None else crop_to_box(image, box), max(image.shape[:2]), box is not None)
                  for photo, (image, photo_boxes) in enumerate(zip(images, boxes)) for box in (photo_boxes or [None])]
-        per_crop = [self.scores(snap, crop, method, progress, side, boxed, mask) for _, crop, side, boxed in crops]
+        per_crop = [self.scores(snap, crop, method, progress, side, boxed, mask, top) for _, crop, side, boxed in crops]
         stacked = np.stack([scores for scores, _ in per_crop])
         best_crop = stacked.argmax(axis=0)
         merged = stacked.max(axis=0)

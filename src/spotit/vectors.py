@@ -5,6 +5,10 @@ held in memory and scored exactly (one matrix product). Above, an IVF index with
 (faiss) finds the photos holding the nearest regions, and those candidates are re-scored exactly from the
 stored float16 descriptors; photos that are no candidate score -1 (below any cosine similarity).
 
+The cnn method's one descriptor a photo (`GlobalVectors`) is held the same way up to that size; above, in a
+faiss flat index of float16 codes: exact up to float16 rounding, in half the memory, the k best found with
+SIMD without a float32 copy of the gallery.
+
 A region's faiss id is `vid * ID_STRIDE + region`, where a photo's `vid` (`photo_vid`) is fixed by the
 shard and row its features were written to: ids stay valid while other photos come and go.
 """
@@ -193,3 +197,52 @@ class ApproximateRegions:
 
     def block(self, image: int) -> np.ndarray:
         return self.read(np.array([image]))[0].T
+
+
+def global_kind(choice: str, photos: int) -> str:
+    """How the cnn method's descriptors are searched: "exact" (float32 in memory) where the regions would be,
+    else "flat-fp16" (also for a Milvus choice: one vector a photo stays on this machine)."""
+    return "exact" if resolve(choice, photos) == "exact" else "flat-fp16"
+
+
+class GlobalVectors:
+    """One L2-normalised descriptor per photo (in snapshot order), scored by cosine similarity: exactly in
+    memory, or through a faiss flat index of float16 codes that gives the `k` best (others score -1)."""
+
+    def __init__(self, kind: str, photos: int, dims: int):
+        self.kind, self.photos = kind, photos
+        if kind == "exact":
+            self.matrix = np.zeros((photos, dims), np.float32)
+            return
+        import faiss
+
+        self.index = faiss.IndexScalarQuantizer(dims, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        # the codes are float16 values: filled in place, where adding would copy the gallery once more
+        self.index.codes.resize(photos * self.index.code_size)
+        self.index.ntotal = photos
+        self.matrix = faiss.rev_swig_ptr(self.index.codes.data(), photos * self.index.code_size) \
+            .view(np.float16).reshape(photos, dims) if photos else np.zeros((0, dims), np.float16)
+
+    def put(self, positions, rows: np.ndarray) -> None:
+        """Set the descriptors of the photos at `positions`."""
+        self.matrix[positions] = rows
+
+    def scores(self, vector: np.ndarray, k: int | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+        """(photos,) similarities to `vector`; with the flat index only the `k` best (of those in `mask`)."""
+        vector = np.asarray(vector, np.float32).ravel()
+        if self.kind == "exact":
+            return self.matrix @ vector
+        import faiss
+
+        params = None
+        if mask is not None:
+            selected = np.flatnonzero(mask).astype(np.int64)
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(selected))
+            k = min(k or len(selected), len(selected))
+        k = min(k or self.photos, self.photos)
+        out = np.full(self.photos, -1.0, np.float32)
+        if k:
+            sims, ids = self.index.search(vector[None], k, params=params)
+            found = ids[0] >= 0
+            out[ids[0][found]] = sims[0][found]
+        return out
