@@ -10,8 +10,8 @@ import pytest
 from spotit import Index
 from spotit.catalogue import Catalogue
 from spotit.errors import SpotitError
-from spotit.vectors import (ApproximateRegions, ExactRegions, GlobalVectors, ID_STRIDE, add_codes, encode, global_kind,
-                            region_ids, train)
+from spotit.vectors import (ApproximateRegions, ExactRegions, GlobalVectors, ID_STRIDE, add_codes, encode, fp16_flat,
+                            global_kind, region_ids, train)
 
 
 def search(index: Index, demo) -> list[tuple[str, float]]:
@@ -131,7 +131,12 @@ def test_the_cnn_flat_index_finds_the_k_best_of_exact_search_within_a_mask():
     order = rng.permutation(photos)  # filled out of order, as shards interleave in the catalogue
     for part in np.array_split(order, 7):
         exact.put(part, gallery[part])
-        flat.put(part, gallery[part])
+    # a base file's rows, with 100 rows of photos gone since (copies of the best match: they must not count),
+    # and the photos added since it, in memory
+    in_base, since = order[:2000], order[2000:]
+    rows = np.concatenate([gallery[in_base], np.repeat(gallery[5:6], 100, axis=0)])
+    flat.add(fp16_flat(dims, len(rows), np.array_split(rows, 3)), np.concatenate([in_base, np.full(100, -1)]))
+    flat.add(fp16_flat(dims, len(since), [gallery[since]]), since)
     query = gallery[5] + 0.1 * rng.random(dims, np.float32)
     truth, found = exact.scores(query), flat.scores(query, 50)
 
@@ -321,4 +326,31 @@ def test_shards_added_after_the_vector_base_are_searched_beside_it(demo, photo_n
         shutil.copy(demo["query"], gallery / f"more-{i}.jpg")
     index.update(progress=False)
     assert index.manifest["learned"]["base"]["file"] != base["file"]  # 6 of 22 outside: written again
+    assert not (tmp_path / "idx" / base["file"]).exists()
+
+
+def test_the_cnn_base_file_is_searched_with_the_photos_added_and_removed_since(demo, photo_names, tmp_path):
+    gallery = subset(demo, tmp_path / "gallery", photo_names[:16])
+    index = Index.create(tmp_path / "idx", gallery, ["cnn"], vectors="ivfpq")
+    index.update(progress=False)
+    base = index.manifest["global_base"]
+    assert (tmp_path / "idx" / base["file"]).is_file() and base["rows"] == [16]
+    for i in range(2):
+        shutil.copy(demo["query"], gallery / f"new-{i}.jpg")
+    (gallery / photo_names[0]).unlink()
+    index.update(progress=False)
+    assert index.manifest["global_base"] == base  # 2 of 17 photos outside it: not written again
+
+    def ranked(index):
+        return [(h.id, round(h.score, 2)) for h in index.search(demo["query"], method="cnn", top=None)]
+
+    fresh = Index.create(tmp_path / "fresh", gallery, ["cnn"], vectors="exact")
+    fresh.update(progress=False)
+    found = ranked(index)
+    assert {i for i, _ in found[:2]} == {"new-0", "new-1"} and Path(photo_names[0]).stem not in dict(found)
+    assert sorted(found) == sorted(ranked(fresh))  # the same photos and scores as exact search afresh
+    for i in range(4):
+        shutil.copy(demo["query"], gallery / f"more-{i}.jpg")
+    index.update(progress=False)
+    assert index.manifest["global_base"]["file"] != base["file"]  # 6 of 21 outside: written again
     assert not (tmp_path / "idx" / base["file"]).exists()

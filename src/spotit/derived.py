@@ -1,5 +1,6 @@
 """What an index derives from its features for searching: the learned parts (the regions' PCA-whitening, the
-trained vector index) and, per shard, its regions whitened and encoded with them.
+trained vector index), per shard its regions whitened and encoded with them, and the files that searches
+map instead of assembling (the vector index's base, the cnn method's descriptors).
 
 Learning reads a sample of the gallery, so it is done again only when the gallery has doubled or halved
 since (or the vector index kind changes); in between, each new shard is whitened and encoded on its own,
@@ -154,16 +155,15 @@ def bring_up_to_date(store: Store, conf: dict, choice: str, progress: bool = Fal
         learned = learned or Learned.read(store)
         for shard in tqdm(todo, desc="deriving", unit="shard", disable=not progress or len(todo) < 8):
             learned.derive(store, shard)
-    if store.learned["vectors"] == "ivfpq" and base_due(store):
+    if store.learned["vectors"] == "ivfpq" and base_due(store, store.learned.get("base")):
         write_base(store, learned or Learned.read(store))
         return True
     return bool(todo)
 
 
-def base_due(store: Store) -> bool:
-    """Whether the vector index's base file should be written again: none yet, or the shards added since
-    hold more than BASE_DELTA of the photos (searched from their own codes meanwhile)."""
-    base = store.learned.get("base")
+def base_due(store: Store, base: dict | None) -> bool:
+    """Whether a base file should be written again: none yet, or the shards added since hold more than
+    BASE_DELTA of the photos (searched from their own features meanwhile)."""
     if base is None:
         return True
     included = set(base["shards"])
@@ -184,6 +184,23 @@ def write_base(store: Store, learned: "Learned") -> None:
     name = f"vectors-{store.next_learned_version()}.faiss"
     store.write_vector_base(name, faiss.serialize_index(index))
     store.manifest["learned"] = {**store.learned, "base": {"file": name, "shards": shards}}
+
+
+def bring_global_base_up_to_date(store: Store, choice: str) -> bool:
+    """Where the cnn method's descriptors are searched through faiss (`vectors.global_kind`), keep them in a base
+    file that searches map instead of assembling; whether the manifest changed (the caller commits)."""
+    if vectors.global_kind(choice, len(store.images)) == "exact" or not store.images:
+        return store.manifest.pop("global_base", None) is not None
+    if not base_due(store, store.manifest.get("global_base")):
+        return False
+    shards = store.live_shards()
+    shapes = [store.dense_shape(shard, "global") for shard in shards]
+    index = vectors.fp16_flat(shapes[0][1], sum(rows for rows, _ in shapes),
+                              (store.read_rows(shard, "global") for shard in shards))
+    name = f"globals-{store.next_learned_version()}.faiss"
+    store.write_global_base(name, index)
+    store.manifest["global_base"] = {"file": name, "shards": shards, "rows": [rows for rows, _ in shapes]}
+    return True
 
 
 def remove_unused_vectors(store: Store, before: dict | None, shards_before: set[str]) -> None:

@@ -40,11 +40,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from . import backbones, rerank
 from .datasets import load_dataset
-from .derived import Learned, bring_up_to_date
+from .derived import Learned, bring_global_base_up_to_date, bring_up_to_date
 from .errors import SpotitError
 from .evaluate import eval_index, run_queries
 from .extractors import DENSE_KINDS
@@ -84,21 +86,15 @@ def related_groups(dataset, names: list[str]) -> np.ndarray:
     a query: views of one object, or of one scene."""
     ids = assign_ids(names)
     label = {photo_id: i for i, photo_id in enumerate(ids)}
-    parent = list(range(len(ids)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    edges = []
     for query in dataset.queries:
         members = [label[i] for positives, _ in query.protocols.values() for i in positives if i in label]
         query_id = Path(query.name).stem
         members += [label[query_id]] if query_id in label else []
-        for other in members[1:]:
-            parent[root(other)] = root(members[0])
-    return np.array([root(i) for i in range(len(ids))])
+        edges += [(members[0], other) for other in members[1:]]
+    rows, cols = np.array(edges, dtype=np.int64).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(ids), len(ids)))
+    return connected_components(graph, directed=False)[1]
 
 
 def calibrate_noise(real: np.ndarray, whiten, rng: np.random.Generator, groups: np.ndarray | None = None,
@@ -186,10 +182,12 @@ def add_distractors(store: Store, source: Distractors, count: int, first: int = 
 
 
 def derive(store: Store, progress: bool = False) -> None:
-    """Bring what searches derive from the regions up to date (learning again if due), as an update does."""
+    """Bring what searches derive from the features up to date (learning again if due), as an update does."""
     if "regions" in kinds_of(store.manifest["methods"]):
         bring_up_to_date(store, store.manifest["feature_settings"]["regions"], store.manifest.get("vectors", "auto"),
                          progress)
+    if "global" in kinds_of(store.manifest["methods"]):
+        bring_global_base_up_to_date(store, store.manifest.get("vectors", "auto"))
 
 
 def time_add_and_remove(path: Path, base: Store, groups: np.ndarray, count: int = 1000) -> tuple[float, float]:

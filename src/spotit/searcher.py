@@ -110,17 +110,30 @@ class Snapshot:
         return self.cached("ids", lambda: assign_ids(self.names))
 
     def global_vectors(self) -> vectors.GlobalVectors:
-        """The cnn method's descriptors, searchable (vectors.global_kind says how, from the index's --vectors)."""
+        """The cnn method's descriptors, searchable (vectors.global_kind says how, from the index's --vectors):
+        in flat-fp16, the base file mapped and the shards added since it in memory."""
         def make():
             kind = vectors.global_kind(self.manifest.get("vectors", "auto"), len(self.names))
-            out = None
-            for shard, members in sorted(self.store.placements().items()):
-                matrix = self.store.read_rows(shard, "global")  # a shard at a time: no float32 copy of all
-                if out is None:
-                    out = vectors.GlobalVectors(kind, len(self.names), matrix.shape[1])
-                positions, rows = zip(*members)
-                out.put(list(positions), matrix[list(rows)])
-            return out or vectors.GlobalVectors("exact", 0, 1)
+            placements = sorted(self.store.placements().items())
+            if not placements:
+                return vectors.GlobalVectors("exact", 0, 1)
+            dims = self.store.dense_shape(placements[0][0], "global")[1]
+            out = vectors.GlobalVectors(kind, len(self.names), dims)
+            if kind == "exact":
+                for shard, members in placements:
+                    positions, rows = zip(*members)
+                    out.put(list(positions), self.store.read_rows(shard, "global")[list(rows)])
+                return out
+            base, layout = self.store.read_global_base()
+            if base is not None:
+                out.add(base, file_positions(layout, dict(placements)))
+            included = {shard for shard, _ in layout}
+            rest = [(shard, members) for shard, members in placements if shard not in included]
+            if rest:
+                positions = np.array([position for _, members in rest for position, _ in members], np.int64)
+                blocks = (self.store.read_rows(shard, "global")[[row for _, row in members]] for shard, members in rest)
+                out.add(vectors.fp16_flat(dims, len(positions), blocks), positions)
+            return out
         return self.cached("global-vectors", make)
 
     def local(self, kind: str) -> dict:
@@ -378,3 +391,18 @@ def could_match(merged: np.ndarray, checks: list[dict], matches: str) -> tuple[n
     with np.errstate(over="ignore"):  # -inf outside the scope
         candidates |= verdict.probability(0.0, merged) >= cut
     return np.where(candidates, merged, -np.inf), int(candidates.sum())
+
+
+def file_positions(layout: list[tuple[str, int]], placements: dict) -> np.ndarray:
+    """For each row of a file holding `layout`'s shards' rows one after another: the position of its photo
+    in the snapshot, or -1 where that row's photo is gone."""
+    out = np.full(sum(rows for _, rows in layout), -1, np.int64)
+    start = 0
+    for shard, rows in layout:
+        members = placements.get(shard)
+        if members:
+            positions, at = np.array(members, np.int64).T
+            out[start + at] = positions
+        start += rows
+    return out
+

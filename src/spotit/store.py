@@ -44,7 +44,7 @@ FORMAT = 2
 KIND = "spotit-index"
 MANIFEST = "manifest.json"  # the JSON state of spotit 0.1 and of format 1: read only to say "rebuild"
 SHARD_NAME = re.compile(r"(\d{6})\.h5")
-DERIVED_NAME = re.compile(r"(?:regions-whitened|learned|vectors)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
+DERIVED_NAME = re.compile(r"(?:regions-whitened|learned|vectors|globals)-(\d+)\.(?:npz|faiss)")  # the first: format 1's
 SHARD_DERIVED_NAME = re.compile(r"(\d{6})\.[wsc](\d+)\.npy")
 LEGACY_DERIVED = "regions-whitened.npz"  # spotit 0.1's name
 TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.tmp")  # fileio.atomic_path's, left by a killed writer
@@ -223,7 +223,7 @@ class Store:
     def remove_unused(self) -> None:
         """Delete spotit's files that the committed manifest no longer points to (writer only, after commit)."""
         shards = {entry["shard"] for entry in self.images.values()}
-        used = shards | set(self.learned_files())
+        used = shards | set(self.learned_files()) | {self.manifest.get("global_base", {}).get("file")}
         if self.learned:
             used |= {self.derived_path(shard, kind).name for shard in shards for kind in "wsc"}
         for path in self.own_files():
@@ -402,6 +402,26 @@ class Store:
             raise self._gone_or(path, FileNotFoundError(path))
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY), set(base["shards"])
 
+    def write_global_base(self, name: str, index) -> None:
+        import faiss
+
+        with atomic_path(self.root / name) as tmp:
+            faiss.write_index(index, str(tmp))
+
+    def read_global_base(self):
+        """The cnn method's base file, mapped (its codes are paged in by the searches), and its shards with
+        their rows, in file order; or (None, [])."""
+        base = self.manifest.get("global_base")
+        if not base:
+            return None, []
+        import faiss
+
+        path = self.root / base["file"]
+        if not path.is_file():
+            raise self._gone_or(path, FileNotFoundError(path))
+        return (faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY),
+                list(zip(base["shards"], base["rows"])))
+
     def derived_path(self, shard: str, kind: str, version: int | None = None) -> Path:
         """A shard's derived file of learned `version`: kind "w" and "s" (whitened regions: codes, scales) or
         "c" (vector index codes)."""
@@ -465,6 +485,12 @@ class Store:
                 out = np.empty((len(places), *data.shape[1:]), data.dtype)
             out[[i for _, i in items]] = data
         return out
+
+    def dense_shape(self, shard: str, kind: str) -> tuple[int, ...]:
+        with self._read(shard) as data:
+            if kind not in data:
+                raise self._missing(kind)
+            return data[kind].shape
 
     def read_rows(self, shard: str, kind: str, rows=None) -> np.ndarray:
         """The dense `kind` features of a shard's `rows` (increasing, each once; all rows when None)."""

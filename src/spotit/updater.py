@@ -20,7 +20,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
 from .extractors import DENSE_KINDS, Extractors
 from .cluster import EXTRA, available, require
 from .errors import BackendError
-from .derived import Learned, bring_up_to_date, remove_unused_vectors
+from .derived import Learned, bring_global_base_up_to_date, bring_up_to_date, remove_unused_vectors
 from .lifecycle import kinds_of
 from .scope import taken
 from .store import Store
@@ -206,6 +206,8 @@ class Updater:
         if "regions" in kinds_of(manifest["methods"]):
             bring_up_to_date(self.store, manifest["feature_settings"]["regions"], manifest.get("vectors", "auto"),
                              progress)
+        if "global" in kinds_of(manifest["methods"]):
+            bring_global_base_up_to_date(self.store, manifest.get("vectors", "auto"))
         manifest["updated"] = time.time()
         self.store.commit()
         self.store.remove_unused()

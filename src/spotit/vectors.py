@@ -205,44 +205,64 @@ def global_kind(choice: str, photos: int) -> str:
     return "exact" if resolve(choice, photos) == "exact" else "flat-fp16"
 
 
+def fp16_flat(dims: int, total: int, blocks):
+    """A faiss flat index of float16 codes holding the `total` rows of `blocks` ((n, dims) arrays, read one at a
+    time) in order, scored by inner product."""
+    import faiss
+
+    index = faiss.IndexScalarQuantizer(dims, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    # the codes are the float16 values: copied in, where add() would make a float32 copy of all first
+    index.codes.resize(total * index.code_size)
+    index.ntotal = total
+    if total:
+        codes = faiss.rev_swig_ptr(index.codes.data(), total * index.code_size).view(np.float16).reshape(total, dims)
+        at = 0
+        for block in blocks:
+            codes[at:at + len(block)] = block
+            at += len(block)
+    return index
+
+
 class GlobalVectors:
-    """One L2-normalised descriptor per photo (in snapshot order), scored by cosine similarity: exactly in
-    memory, or through a faiss flat index of float16 codes that gives the `k` best (others score -1)."""
+    """One L2-normalised descriptor per photo (`photos` in snapshot order), scored by cosine similarity:
+    "exact" (a float32 matrix in memory, filled by `put`) or "flat-fp16": faiss flat indexes of float16 codes
+    (`add`: one mapped from the index's base file, one in memory for the shards added since), which give
+    the `k` best (others score -1)."""
 
     def __init__(self, kind: str, photos: int, dims: int):
-        self.kind, self.photos = kind, photos
-        if kind == "exact":
-            self.matrix = np.zeros((photos, dims), np.float32)
-            return
-        import faiss
-
-        self.index = faiss.IndexScalarQuantizer(dims, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        # the codes are float16 values: filled in place, where adding would copy the gallery once more
-        self.index.codes.resize(photos * self.index.code_size)
-        self.index.ntotal = photos
-        self.matrix = faiss.rev_swig_ptr(self.index.codes.data(), photos * self.index.code_size) \
-            .view(np.float16).reshape(photos, dims) if photos else np.zeros((0, dims), np.float16)
+        self.kind, self.photos, self.parts = kind, photos, []
+        self.matrix = np.zeros((photos, dims), np.float32) if kind == "exact" else None
 
     def put(self, positions, rows: np.ndarray) -> None:
-        """Set the descriptors of the photos at `positions`."""
+        """Set the descriptors of the photos at `positions` (exact)."""
         self.matrix[positions] = rows
 
+    def add(self, index, positions: np.ndarray) -> None:
+        """Search `index` too (flat-fp16); its row i holds the photo at `positions[i]` (-1: no photo now)."""
+        self.parts.append((index, np.asarray(positions, np.int64)))
+
     def scores(self, vector: np.ndarray, k: int | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-        """(photos,) similarities to `vector`; with the flat index only the `k` best (of those in `mask`)."""
+        """(photos,) similarities to `vector`; with flat indexes only the `k` best (of those in `mask`)."""
         vector = np.asarray(vector, np.float32).ravel()
         if self.kind == "exact":
             return self.matrix @ vector
         import faiss
 
-        params = None
-        if mask is not None:
-            selected = np.flatnonzero(mask).astype(np.int64)
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(selected))
-            k = min(k or len(selected), len(selected))
-        k = min(k or self.photos, self.photos)
         out = np.full(self.photos, -1.0, np.float32)
-        if k:
-            sims, ids = self.index.search(vector[None], k, params=params)
-            found = ids[0] >= 0
-            out[ids[0][found]] = sims[0][found]
+        for index, positions in self.parts:
+            live = positions >= 0
+            if mask is not None:
+                live[live] = mask[positions[live]]
+            params, wanted = None, int(live.sum())
+            if wanted < len(positions):  # a bitmap: no hash set of a million ids built per query
+                bits = np.packbits(live, bitorder="little")
+                params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(positions), faiss.swig_ptr(bits)))
+            wanted = min(k or wanted, wanted)
+            if wanted:
+                sims, rows = index.search(vector[None], wanted, params=params)
+                found = rows[0] >= 0
+                out[positions[rows[0][found]]] = sims[0][found]
+        scored = np.flatnonzero(out > -1)
+        if k and len(scored) > k:  # each part gave its k best: keep the k best of all
+            out[scored[np.argpartition(-out[scored], k)[k:]]] = -1.0
         return out
