@@ -27,13 +27,14 @@ from run import BENCH_DIR, available_sets  # noqa: E402
 from spotit import Index  # noqa: E402
 from spotit.datasets import load_dataset  # noqa: E402
 from spotit.evaluate import run_queries  # noqa: E402
-from spotit.local_features import LocalFeatures  # noqa: E402
+from spotit.local_features import LocalFeatures, expand  # noqa: E402
 from spotit.searcher import Snapshot  # noqa: E402
 
 SETTINGS = [(None, 8), (None, 4), (500, 8), (500, 4), (300, 4), (200, 4)]  # (keypoints kept, descriptor bits)
 
 
 def compress(features: LocalFeatures, keep: int | None, bits: int) -> LocalFeatures:
+    features = expand(features)  # as read for verification: 8-bit values
     order = np.argsort(-features.keypoints[:, 2], kind="stable")[:keep]
     keypoints = features.keypoints[order].astype(np.float16).astype(np.float32)
     descriptors = features.descriptors[order]

@@ -49,14 +49,26 @@ def compact(features: LocalFeatures, keypoints: int | None, bits: int) -> LocalF
     return LocalFeatures(points, descriptors)
 
 
+def unpack_levels(packed: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """(n, 64) descriptors stored at 4 bits a value, two to a byte -> (n, 128) square-root levels 0..15."""
+    levels = np.empty((len(packed), 128), dtype)
+    levels[:, 0::2], levels[:, 1::2] = packed >> 4, packed & 15
+    return levels
+
+
 def expand(features: LocalFeatures) -> LocalFeatures:
-    """Stored features back in the form matching takes: float32 geometry, 128 values of 8 bits."""
+    """Stored features back in the form the seed's matching takes: float32 geometry, 128 values of 8 bits."""
     descriptors = features.descriptors
     if descriptors.shape[1] == 64:
-        levels = np.empty((len(descriptors), 128), np.uint8)
-        levels[:, 0::2], levels[:, 1::2] = descriptors >> 4, descriptors & 15
+        levels = unpack_levels(descriptors)
         descriptors = levels * levels
     return LocalFeatures(features.keypoints.astype(np.float32), descriptors)
+
+
+def readable(features: LocalFeatures) -> LocalFeatures:
+    """Stored features with float32 geometry and descriptors as stored: verification turns 4-bit ones into
+    RootSIFT directly (verify.rootsift), without the 8-bit detour of `expand`."""
+    return LocalFeatures(features.keypoints.astype(np.float32), features.descriptors)
 
 
 def empty_features() -> LocalFeatures:

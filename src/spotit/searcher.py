@@ -17,7 +17,7 @@ from . import rerank, vectors, verdict
 from .derived import Learned
 from .global_features import region_values
 from .images import Box, assign_ids, crop as crop_to_box
-from .local_features import expand
+from .local_features import expand, readable
 from .matching import ratio_matches
 from .ranking import rank
 from .errors import BackendError
@@ -143,7 +143,7 @@ class Snapshot:
         """Reads one photo's local features of `kind` (by name, and position where known), ready to match."""
         def make():
             read = self.store.local_reader(kind)
-            return lambda name, position=None: expand(read(name, position))
+            return lambda name, position=None: readable(read(name, position))
         return self.cached(f"reader-{kind}", make)
 
     @property
@@ -233,7 +233,7 @@ class Snapshot:
         """The mapped base file of the IVF-PQ index, and the shards added since assembled from their codes."""
         base, included = self.store.read_vector_base()
         delta = parts.trained
-        for shard in self.store.placements():
+        for shard in self.store.live_shards():
             if shard not in included:
                 vectors.add_shard(delta, shard, self.store.read_codes(shard), parts.per_image)
         return [index for index in (base, delta) if index is not None and index.ntotal]
@@ -337,32 +337,37 @@ class Searcher:
         if matches:
             merged, limit = could_match(merged, [checks for _, checks in per_crop], matches)
             accepted = verdict.VERDICTS[: verdict.VERDICTS.index(matches) + 1]
+        ranked = rank(merged, limit)
+        ranked = ranked[np.isfinite(merged[ranked])]  # -inf: outside the scope (ranked last)
+        if method == "hybrid":  # every candidate's verdict at once: a million-photo search may rank thousands
+            evidence = np.array([check.score if (check := per_crop[best_crop[i]][1].get(i)) else 0.0 for i in ranked])
+            similarity = merged[ranked] - rerank.bonus(evidence, self.conf)
+            confidence = verdict.probability(evidence, similarity)
         results = []
-        for i in rank(merged, limit):
-            if not np.isfinite(merged[i]) or (top is not None and len(results) == top):
-                break  # outside the scope (ranked last), or enough
-            result = self._result(snap, i, float(merged[i]), per_crop[best_crop[i]][1], crops[best_crop[i]][1])
+        for at, i in enumerate(ranked.tolist()):
+            if top is not None and len(results) == top:
+                break
+            result = self._result(snap, i, float(merged[i]))
+            if method == "hybrid":
+                check = per_crop[best_crop[i]][1].get(i)
+                crop = crops[best_crop[i]][1]
+                result.inliers = check.inliers if check else 0
+                result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
+                result.evidence, result.similarity = float(evidence[at]), float(similarity[at])
+                result.confidence = float(confidence[at])
+                result.match = verdict.verdict(result.confidence)
             if len(images) > 1:
                 result.query_photo = crops[best_crop[i]][0]
             if result.match is None or result.match in accepted:
                 results.append(result)
         return results
 
-    def _result(self, snap: Snapshot, row: int, score: float, checks, crop: np.ndarray) -> Result:
+    def _result(self, snap: Snapshot, row: int, score: float) -> Result:
         name = snap.names[row]
         entry = snap.store.entry(name, row)
         path = os.path.join(snap.manifest["gallery"], name)
-        result = Result(snap.ids[row], path, score, width=entry.get("width"), height=entry.get("height"),
-                        stale=stale_reason(path, entry))
-        if checks is not None:
-            check = checks.get(row)
-            result.inliers = check.inliers if check else 0
-            result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
-            result.evidence = check.score if check else 0.0
-            result.similarity = score - rerank.bonus(result.evidence, self.conf)
-            result.confidence = float(verdict.probability(result.evidence, result.similarity))
-            result.match = verdict.verdict(result.confidence)
-        return result
+        return Result(snap.ids[row], path, score, width=entry.get("width"), height=entry.get("height"),
+                      stale=stale_reason(path, entry))
 
 
 def stale_reason(path: str, entry: dict) -> str | None:

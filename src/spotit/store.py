@@ -115,6 +115,7 @@ class Store:
         self.legacy = is_legacy(manifest)  # made by spotit 0.1: its derived file has the old name
         self._images = Images(images) if images is not None else None
         self._columns: Columns | None = None
+        self._placements: dict[str, list[tuple[int, int]]] | None = None
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
@@ -194,7 +195,7 @@ class Store:
         self.manifest["kind"] = KIND
         self.manifest["generation"] = self.manifest.get("generation", 0) + 1
         self.catalogue.commit(self.manifest, images)
-        self._columns = None
+        self._columns = self._placements = None
 
     def own_files(self) -> list[Path]:
         """Every file spotit made in this folder, told by its name and number: a shard numbered below the
@@ -266,11 +267,13 @@ class Store:
     def placements(self) -> dict[str, list[tuple[int, int]]]:
         """shard file -> [(position in catalogue order, row)] for the live entries of that shard."""
         by_shard: dict[str, list[tuple[int, int]]] = {}
-        if self._images is None:  # a reader: the columns it holds
-            columns = self.columns()
-            for i, (shard, row) in enumerate(zip(columns.shard.tolist(), columns.row.tolist())):
-                by_shard.setdefault(columns.shards[shard], []).append((i, row))
-            return by_shard
+        if self._images is None:  # a reader: the columns it holds, grouped once (a million photos take a second)
+            if self._placements is None:
+                columns = self.columns()
+                for i, (shard, row) in enumerate(zip(columns.shard.tolist(), columns.row.tolist())):
+                    by_shard.setdefault(columns.shards[shard], []).append((i, row))
+                self._placements = by_shard
+            return self._placements
         for i, name in enumerate(self.names()):  # a writer: its images, as changed so far
             entry = self._images[name]
             by_shard.setdefault(entry["shard"], []).append((i, entry["row"]))
@@ -470,6 +473,9 @@ class Store:
             raise SpotitError(f"index file {path} is unreadable ({exc}); rebuild with `spotit index GALLERY --rebuild`") from None
 
     def live_shards(self) -> list[str]:
+        """The shard files that hold a photo of this state."""
+        if self._images is None:  # a reader: every shard its columns name holds one of their photos
+            return sorted(self.columns().shards)
         return sorted(self.placements())
 
     def read_dense(self, kind: str, places: list[tuple[str, int]]) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .local_features import LocalFeatures
+from .local_features import LocalFeatures, unpack_levels
 from .matching import ratio_matches_unit
 
 confs = {
@@ -42,7 +42,14 @@ _SQRT = np.sqrt(np.arange(256, dtype=np.float32))
 
 def rootsift(descriptors: np.ndarray) -> np.ndarray:
     """RootSIFT (Arandjelovic & Zisserman, 2012) of uint8 SIFT descriptors: L1-normalise, then square root;
-    compare with L2. sqrt(d / sum) is computed as a table look-up of sqrt(d) over sqrt(sum): one pass."""
+    compare with L2. sqrt(d / sum) is computed as a table look-up of sqrt(d) over sqrt(sum): one pass.
+
+    Descriptors stored at 4 bits (local_features.compact: 64 bytes a row) already hold square roots, so
+    their RootSIFT is those levels L2-normalised."""
+    if descriptors.shape[1] == 64:
+        levels = unpack_levels(descriptors, np.float32)
+        levels *= (1.0 / np.sqrt(np.maximum(np.einsum("ij,ij->i", levels, levels), 1e-7)))[:, None]
+        return levels
     total = descriptors.sum(axis=1, dtype=np.float32)
     out = _SQRT[descriptors]
     out *= (1.0 / np.sqrt(np.maximum(total, 1e-7)))[:, None]
