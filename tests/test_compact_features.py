@@ -38,3 +38,11 @@ def test_eight_bit_storage_is_lossless_for_descriptors():
     back = expand(compact(full, None, 8))
     order = np.argsort(-full.keypoints[:, 2], kind="stable")
     assert np.array_equal(back.descriptors, full.descriptors[order])
+
+
+def test_rootsift_of_stored_four_bit_descriptors_equals_that_of_their_expansion():
+    stored = compact(features(seed=2), None, 4)
+    stored.descriptors[0] = 0  # an empty descriptor stays zero, not NaN
+    direct, expanded = rootsift(stored.descriptors), rootsift(expand(stored).descriptors)
+    assert direct.shape == (300, 128) and np.allclose(direct, expanded, atol=1e-6)
+    assert not direct[0].any() and np.allclose(np.linalg.norm(direct[1:], axis=1), 1.0, atol=1e-5)

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS images (
 _FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height", "taken")  # taken: EXIF date, seconds (scope.py)
 _COLUMNS = ", ".join(("name", *_FIELDS, "stale"))
 NO_DATE = np.iinfo(np.int64).min  # `taken` of a photo without a date, in Columns
+# the columns a search process reads, in columns_of's order, with each shard as its number
+_NUMBERED = ("SELECT name, CAST(shard AS INTEGER), row, IFNULL(size, 0), IFNULL(mtime_ns, 0), IFNULL(width, 0), "
+             f"IFNULL(height, 0), IFNULL(taken, {NO_DATE}) FROM images ORDER BY name")
 
 
 def encode(name: str) -> bytes:
@@ -140,21 +143,30 @@ def gc_paused():
             gc.enable()
 
 
-def columns_of(rows) -> Columns:
-    """Catalogue rows (in catalogue order) as arrays, column by column."""
+def columns_of(rows, shard_names: dict[int, str] | None = None) -> Columns:
+    """Catalogue rows (in catalogue order) as arrays, column by column. With `shard_names`, each row names its
+    shard by number (the catalogue's fast read: no million strings), and they map numbers to file names."""
     if not rows:
         empty = np.zeros(0, np.int64)
         return Columns([], [], empty.astype(np.int32), empty.astype(np.int32), empty.astype(np.int32),
                        empty.astype(np.int32), empty, empty, empty)
-    names, shard, row, size, mtime, width, height, taken, _ = zip(*rows)
-    shards: dict[str, int] = {}
-    number = shards.setdefault
+    names, shard, row, size, mtime, width, height, taken, *_ = zip(*rows)
 
     def ints(values, dtype=np.int64, missing=0):
-        return np.fromiter((missing if v is None else v for v in values), dtype, len(values))
+        try:
+            return np.fromiter(values, dtype, len(values))  # no missing value: numpy's own loop
+        except TypeError:
+            return np.fromiter((missing if v is None else v for v in values), dtype, len(values))
 
-    shard = np.fromiter((number(s, len(shards)) for s in shard), np.int32, len(shard))
-    return Columns(list(map(decode, names)), list(shards), shard, ints(row, np.int32), ints(width, np.int32),
+    if shard_names is None:
+        shards: dict[str, int] = {}
+        number = shards.setdefault
+        shard = np.fromiter((number(s, len(shards)) for s in shard), np.int32, len(shard))
+        files = list(shards)
+    else:
+        numbers, shard = np.unique(ints(shard), return_inverse=True)
+        files = [shard_names[n] for n in numbers.tolist()]
+    return Columns(list(map(decode, names)), files, shard.astype(np.int32), ints(row, np.int32), ints(width, np.int32),
                    ints(height, np.int32), ints(size), ints(mtime), ints(taken, missing=NO_DATE))
 
 
@@ -292,19 +304,19 @@ class Catalogue:
         except (sqlite3.DatabaseError, ValueError, UnicodeDecodeError):
             return None  # not a SQLite database, or not spotit's
 
-    def _snapshot_query(self, generation: int, query: str):
-        """The rows of `query` in the commit `generation` (raises Changed when a newer one was made)."""
+    def _snapshot_query(self, generation: int, *queries: str):
+        """The rows of each of `queries` in the commit `generation` (raises Changed when a newer one was made)."""
         connection = self._read()
         try:
             connection.execute("BEGIN")  # one read transaction: state and rows of the same commit
             row = connection.execute("SELECT value FROM state WHERE id = 0").fetchone()
             if row is None or json.loads(row[0]).get("generation") != generation:
                 raise Changed
-            if "taken" not in {column[1] for column in connection.execute("PRAGMA table_info(images)")}:
-                query = query.replace("taken", "NULL")  # made before dates were kept, not written since
-            rows = connection.execute(query).fetchall()
+            dated = "taken" in {column[1] for column in connection.execute("PRAGMA table_info(images)")}
+            # a catalogue made before dates were kept, and not written since, has no `taken`
+            results = [connection.execute(q if dated else q.replace("taken", "NULL")).fetchall() for q in queries]
             connection.execute("COMMIT")
-            return rows
+            return results
         except sqlite3.Error as exc:
             raise SpotitError(f"cannot read the catalogue {self.path}: {exc}") from None
         finally:
@@ -312,12 +324,18 @@ class Catalogue:
 
     def images(self, generation: int) -> Images:
         """Every photo's entry in the commit `generation` (what a writer works on)."""
-        return images_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name"))
+        return images_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name")[0])
 
     def columns(self, generation: int) -> Columns:
-        """Every photo of the commit `generation` as arrays (what a search process holds)."""
+        """Every photo of the commit `generation` as arrays (what a search process holds). SQLite numbers the
+        shards and fills in missing values itself: Python then makes no object a row does not need."""
         with gc_paused():
-            return columns_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name"))
+            rows, shards = self._snapshot_query(generation, _NUMBERED,
+                                                "SELECT DISTINCT CAST(shard AS INTEGER), shard FROM images")
+            names = dict(shards)
+            if len(names) < len(shards):  # two shard files of one number: not spotit's naming
+                return columns_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name")[0])
+            return columns_of(rows, names)
 
     def generation(self) -> int | None:
         state = self.state()

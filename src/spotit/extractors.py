@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,7 @@ class Extractors:
         self._weights = weights
         self._backbone: backbones.Backbone | None = None
         self._extractors: dict = {}
+        self._lock = threading.RLock()  # threads that ask at once load the model once
 
     @property
     def weights(self) -> str | os.PathLike | None:
@@ -44,6 +46,10 @@ class Extractors:
         return self._backbone
 
     def get(self, kind: str):
+        with self._lock:
+            return self._get(kind)
+
+    def _get(self, kind: str):
         if kind not in self._extractors:
             conf = self.manifest["confs"][kind]
             if kind == "global":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .images import DEFAULT_MAX_PIXELS, Box, as_boxes, as_image, check_box
 from .lock import WriterLock, update_running
 from .scope import Scope
 from .lifecycle import METHODS, default_index_dir, feature_settings, kinds_of, parse_methods
-from .searcher import Result, Searcher, Snapshot
+from .searcher import METHOD_KINDS, Result, Searcher, Snapshot
 from .store import SnapshotGone, Store
 from .updater import Updater, UpdateReport
 
@@ -207,7 +208,10 @@ class Index:
         scope = Scope.of(under, since, until)
         images, boxes = query_photos(query, boxes, max_pixels)
         for _ in range(5):
-            snap = self.snapshot()
+            with ThreadPoolExecutor(1) as pool:  # a first search loads the model while it reads the catalogue
+                loading = pool.submit(self.features.load, METHOD_KINDS.get(method or self.default_method, []))
+                snap = self.snapshot()
+                loading.result()
             searcher = Searcher(self.features.get, self.search_conf)  # after the snapshot: its extractors
             method = method or self.default_method
             self._require(method, snap)

@@ -65,7 +65,7 @@ def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]
 
 
 def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names: list[str], upright: np.ndarray,
-           rotated: np.ndarray, read, sizes: list[tuple[int, int]], conf: dict, regions,
+           rotated: np.ndarray, read, sizes: np.ndarray, conf: dict, regions,
            query_vector: np.ndarray) -> tuple[np.ndarray, dict[int, Verification]]:
     """Verify the shortlist; returns the final scores of every image and each verification by row.
     `query_size` is the query crop's (width, height), `sizes` each gallery photo's; `boxed`: the query
@@ -73,8 +73,8 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
 
     `regions` searches the gallery's whitened region descriptors (vectors.ExactRegions or ApproximateRegions)."""
     rows = shortlist(upright, rotated, conf)
-    verifications = verify_many(query, [read(names[i], i) for i in rows], query_size, [sizes[i] for i in rows], boxed,
-                                verify_confs[conf["verify"]])
+    verifications = verify_many(query, [read(names[i], i) for i in rows], query_size,
+                                [tuple(sizes[i].tolist()) for i in rows], boxed, verify_confs[conf["verify"]])
     checks = dict(zip(rows, verifications))
     inliers = np.zeros(len(names))  # the evidence: inliers weighted by where they lie in the box
     for i, check in checks.items():

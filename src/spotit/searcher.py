@@ -91,7 +91,8 @@ class Snapshot:
         self.store = store
         self.manifest = store.manifest
         self.names = store.names()
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.RLock] = {}
         self._cache: dict = {}
 
     def prepare(self) -> None:
@@ -100,7 +101,11 @@ class Snapshot:
         threading.Thread(target=lambda: self.ids, name="spotit-ids", daemon=True).start()
 
     def cached(self, key: str, make):
-        with self._lock:  # concurrent searches load each thing once
+        """What `make` gives, made once however many searches ask at once. One lock per thing: a search that
+        needs the regions must not wait while another thread derives the ids."""
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.RLock())
+        with lock:
             if key not in self._cache:
                 self._cache[key] = make()
             return self._cache[key]
@@ -147,11 +152,11 @@ class Snapshot:
         return self.cached(f"reader-{kind}", make)
 
     @property
-    def sizes(self) -> list[tuple[int, int]]:
-        """(width, height) of each gallery photo, upright: verification's geometry needs them."""
+    def sizes(self) -> np.ndarray:
+        """(photos, 2): (width, height) of each gallery photo, upright: verification's geometry needs them."""
         def make():
             columns = self.store.columns()
-            return list(zip(columns.width.tolist(), columns.height.tolist()))
+            return np.stack([columns.width, columns.height], axis=1)
         return self.cached("sizes", make)
 
     @property

@@ -1,0 +1,32 @@
+"""The catalogue's fast read for search processes gives the same columns as reading every row as it is."""
+
+import numpy as np
+
+from spotit.catalogue import _COLUMNS, NO_DATE, Catalogue, Images, columns_of
+
+
+def photos() -> Images:
+    images = Images()
+    for i in range(40):
+        images[f"dir{i % 3}/photo-{i:03d}.jpg"] = {"shard": f"{i % 4 * 7:06d}.h5", "row": i // 4, "size": 1000 + i,
+                                                   "mtime_ns": 10**18 + i, "width": 640, "height": 480 + i,
+                                                   "taken": 1_600_000_000 + i}
+    images["dir1/no-date.jpg"] = {"shard": "000003.h5", "row": 0, "size": 5, "mtime_ns": 6, "width": None,
+                                  "height": None, "taken": None}
+    images[b"odd-\xff.jpg".decode("utf-8", "surrogateescape")] = {"shard": "000003.h5", "row": 1, "size": 7,
+                                                                   "mtime_ns": 8, "width": 10, "height": 20, "taken": 9}
+    return images
+
+
+def test_fast_columns_equal_the_rows_read_as_they_are(tmp_path):
+    catalogue = Catalogue(tmp_path)
+    catalogue.create({"generation": 1})
+    catalogue.commit({"generation": 2}, photos())
+    fast = catalogue.columns(2)
+    plain = columns_of(catalogue._snapshot_query(2, f"SELECT {_COLUMNS} FROM images ORDER BY name")[0])
+    assert fast.names == plain.names and len(fast.names) == 42
+    assert [fast.shards[s] for s in fast.shard] == [plain.shards[s] for s in plain.shard]
+    for field in ("row", "width", "height", "size", "mtime_ns", "taken"):
+        assert np.array_equal(getattr(fast, field), getattr(plain, field)), field
+    undated = fast.names.index("dir1/no-date.jpg")
+    assert fast.taken[undated] == NO_DATE and fast.entry(undated)["taken"] is None and fast.width[undated] == 0
