@@ -24,7 +24,7 @@ def test_fast_columns_equal_the_rows_read_as_they_are(tmp_path):
     catalogue.commit({"generation": 2}, photos())
     fast = catalogue.columns(2)
     plain = columns_of(catalogue._snapshot_query(2, f"SELECT {_COLUMNS} FROM images ORDER BY name")[0])
-    assert fast.names == plain.names and len(fast.names) == 42
+    assert fast.names == plain.names and fast.names == sorted(photos(), key=lambda n: n.encode("utf-8", "surrogateescape"))
     assert [fast.shards[s] for s in fast.shard] == [plain.shards[s] for s in plain.shard]
     for field in ("row", "width", "height", "size", "mtime_ns", "taken"):
         assert np.array_equal(getattr(fast, field), getattr(plain, field)), field

@@ -120,6 +120,15 @@ def test_approximate_regions_find_what_exact_search_finds():
     candidates = found > -1
     assert np.allclose(found[candidates], truth[candidates], atol=1e-5) and (~candidates).sum() > 0
     assert ID_STRIDE >= per_image
+    # query expansion re-scores exactly the photos the last search found, without reading them again
+    reads = []
+    approximate.read = lambda rows: reads.append(len(rows)) or regions[rows]
+    approximate.scores(queries)
+    refined = queries[:1] + regions[best[0], 1]
+    again = approximate.requery(refined)[0]
+    assert len(reads) == 1 and np.array_equal(again > -1, candidates.any(axis=0))
+    assert np.allclose(again[again > -1], exact.scores(refined)[0][again > -1], atol=1e-5)
+    assert (approximate.requery(refined)[0] > -1).sum() <= conf["rescore"] and len(reads) == 2  # nothing kept: search anew
 
 
 def test_the_cnn_flat_index_finds_the_k_best_of_exact_search_within_a_mask():

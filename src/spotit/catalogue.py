@@ -47,6 +47,15 @@ def decode(raw: bytes) -> str:
     return bytes(raw).decode("utf-8", "surrogateescape")
 
 
+def decode_all(raws) -> list[str]:
+    """Names as stored back to str, a million at once in one decode: file names never hold a NUL byte."""
+    try:
+        names = b"\0".join(raws).decode("utf-8", "surrogateescape").split("\0")
+    except TypeError:  # not bytes (a catalogue kept elsewhere): one at a time
+        return list(map(decode, raws))
+    return names if len(names) == len(raws) else list(map(decode, raws))
+
+
 def in_order(names) -> list[str]:
     """`names` in the catalogue's order."""
     return sorted(names, key=encode)
@@ -166,7 +175,7 @@ def columns_of(rows, shard_names: dict[int, str] | None = None) -> Columns:
     else:
         numbers, shard = np.unique(ints(shard), return_inverse=True)
         files = [shard_names[n] for n in numbers.tolist()]
-    return Columns(list(map(decode, names)), files, shard.astype(np.int32), ints(row, np.int32), ints(width, np.int32),
+    return Columns(decode_all(names), files, shard.astype(np.int32), ints(row, np.int32), ints(width, np.int32),
                    ints(height, np.int32), ints(size), ints(mtime), ints(taken, missing=NO_DATE))
 
 

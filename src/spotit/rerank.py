@@ -20,7 +20,8 @@ confs = {
     # size: it is seen at each of `boxed_scales` (the object smaller than in the query photo, as it is in
     # most other photos) and each turn, and scored by its best view.
     # Query expansion averages the query with the best-matching region of up to `qe` images verified with
-    # >= qe_min_inliers, and re-scores the whole gallery with it.
+    # >= qe_min_inliers, and re-scores the whole gallery with it (searched through faiss: the photos the query's
+    # own vector search found, whose regions are read already).
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
                 "qe": 2, "qe_min_inliers": 15, "verify": "default"},
@@ -89,7 +90,7 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
             blocks = [regions.block(i) for i in expanding]
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
-            base = np.maximum(base, regions.scores(expanded)[0])
+            base = np.maximum(base, regions.requery(expanded)[0])
     return fuse(base, inliers, conf), checks
 
 

@@ -15,6 +15,8 @@ shard and row its features were written to: ids stay valid while other photos co
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .errors import SpotitError
@@ -154,6 +156,10 @@ class ExactRegions:
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         return region_scores(self.columns, self.per_image, vectors)
 
+    def requery(self, vectors: np.ndarray) -> np.ndarray:
+        """Scores of a refined query (query expansion): every photo again."""
+        return self.scores(vectors)
+
     def block(self, image: int) -> np.ndarray:
         """(D, per_image) regions of one photo."""
         return self.columns[:, image * self.per_image : (image + 1) * self.per_image]
@@ -169,6 +175,7 @@ class ApproximateRegions:
     def __init__(self, indexes: list, per_image: int, images: int, positions, read, conf: dict):
         self.indexes, self.per_image, self.images = indexes, per_image, images
         self.positions, self.read, self.conf = positions, read, conf
+        self._last = threading.local()  # each search thread's last candidates and their regions (requery)
         for index in indexes:
             index.nprobe = conf["probe"]
 
@@ -186,11 +193,21 @@ class ApproximateRegions:
         return best[: self.conf["rescore"]]
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
+        rows = self.candidates(np.atleast_2d(vectors))
+        regions = self.read(rows) if len(rows) else None  # (n, per_image, D)
+        self._last.found = rows, regions
+        return self._rescore(rows, regions, vectors)
+
+    def requery(self, vectors: np.ndarray) -> np.ndarray:
+        """Scores of a refined query (query expansion) over the photos that this thread's last search found:
+        their regions are read already, and a second vector search would mostly find them again."""
+        found = self._last.__dict__.pop("found", None)
+        return self.scores(vectors) if found is None else self._rescore(*found, vectors)
+
+    def _rescore(self, rows: np.ndarray, regions: np.ndarray | None, vectors: np.ndarray) -> np.ndarray:
         vectors = np.atleast_2d(vectors).astype(np.float32)
         out = np.full((len(vectors), self.images), -1.0, np.float32)
-        rows = self.candidates(vectors)
         if len(rows):
-            regions = self.read(rows)  # (n, per_image, D)
             sims = regions.reshape(-1, regions.shape[-1]) @ vectors.T  # (n * per_image, k)
             out[:, rows] = sims.reshape(len(rows), self.per_image, -1).max(axis=1).T
         return out
