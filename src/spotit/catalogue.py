@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS images (
 _FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height", "taken")  # taken: EXIF date, seconds (scope.py)
 _COLUMNS = ", ".join(("name", *_FIELDS, "stale"))
 NO_DATE = np.iinfo(np.int64).min  # `taken` of a photo without a date, in Columns
+_ALL = f"SELECT {_COLUMNS} FROM images ORDER BY name"  # every photo's row as it is
 # the columns a search process reads, in columns_of's order, with each shard as its number
 _NUMBERED = ("SELECT name, CAST(shard AS INTEGER), row, IFNULL(size, 0), IFNULL(mtime_ns, 0), IFNULL(width, 0), "
              f"IFNULL(height, 0), IFNULL(taken, {NO_DATE}) FROM images ORDER BY name")
@@ -333,7 +334,7 @@ class Catalogue:
 
     def images(self, generation: int) -> Images:
         """Every photo's entry in the commit `generation` (what a writer works on)."""
-        return images_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name")[0])
+        return images_of(self._snapshot_query(generation, _ALL)[0])
 
     def columns(self, generation: int) -> Columns:
         """Every photo of the commit `generation` as arrays (what a search process holds). SQLite numbers the
@@ -343,7 +344,7 @@ class Catalogue:
                                                 "SELECT DISTINCT CAST(shard AS INTEGER), shard FROM images")
             names = dict(shards)
             if len(names) < len(shards):  # two shard files of one number: not spotit's naming
-                return columns_of(self._snapshot_query(generation, f"SELECT {_COLUMNS} FROM images ORDER BY name")[0])
+                return columns_of(self._snapshot_query(generation, _ALL)[0])
             return columns_of(rows, names)
 
     def generation(self) -> int | None:

@@ -345,7 +345,8 @@ class Searcher:
         ranked = rank(merged, limit)
         ranked = ranked[np.isfinite(merged[ranked])]  # -inf: outside the scope (ranked last)
         if method == "hybrid":  # every candidate's verdict at once: a million-photo search may rank thousands
-            evidence = np.array([check.score if (check := per_crop[best_crop[i]][1].get(i)) else 0.0 for i in ranked])
+            checks = [per_crop[best_crop[i]][1].get(i) for i in ranked]
+            evidence = np.array([check.score if check else 0.0 for check in checks])
             similarity = merged[ranked] - rerank.bonus(evidence, self.conf)
             confidence = verdict.probability(evidence, similarity)
         results = []
@@ -354,8 +355,7 @@ class Searcher:
                 break
             result = self._result(snap, i, float(merged[i]))
             if method == "hybrid":
-                check = per_crop[best_crop[i]][1].get(i)
-                crop = crops[best_crop[i]][1]
+                check, crop = checks[at], crops[best_crop[i]][1]
                 result.inliers = check.inliers if check else 0
                 result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
                 result.evidence, result.similarity = float(evidence[at]), float(similarity[at])
