@@ -457,3 +457,22 @@ def test_rebuild_replaces_an_index_of_another_format_and_needs_the_gallery(galle
     rebuilt = Index.open_or_create(index_dir, gallery_copy, ["cnn"], rebuild=True)
     assert rebuilt.update(progress=False).added == 20
     assert len(list((index_dir / "shards").iterdir())) == 1
+
+
+def test_a_creation_in_progress_is_waited_for_and_a_foreign_catalogue_refused(tmp_path):
+    import sqlite3
+
+    from spotit.errors import SpotitError
+    from spotit.lock import LOCK_FILE
+    from spotit.store import check_index_folder
+
+    root = tmp_path / "idx"
+    root.mkdir()
+    (root / LOCK_FILE).write_text("")
+    sqlite3.connect(root / "catalogue.db").close()  # another spotit's creation: its catalogue holds no state yet
+    check_index_folder(root)  # not refused: the writer waits for the lock, then checks again
+    with pytest.raises(SpotitError, match="not a spotit index"):
+        check_index_folder(root, locked=True)  # under the lock, a catalogue without state is no index
+    (root / LOCK_FILE).unlink()
+    with pytest.raises(SpotitError, match="not a spotit index"):
+        check_index_folder(root)  # without spotit's lock beside it, the file is someone else's

@@ -85,6 +85,7 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
     except OSError as exc:
         raise SpotitError(f"cannot create the index folder {path}: {exc.strerror}") from None
     with WriterLock(path).acquire(wait):
+        check_index_folder(path, locked=True)  # a creation that was in progress is finished now
         old = open_for_rebuild(path) if rebuild else Store.open(path) if Store.exists(path) else None
         if old is None and gallery_path is None:
             raise SpotitError(f"no index at {path}: give the gallery folder to build one")

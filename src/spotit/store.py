@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from . import vectors
-from .catalogue import SIDE_FILES, Changed, Columns, Images, catalogue_at, catalogue_for, in_order, make_current
+from .catalogue import FILE as CATALOGUE_FILE, SIDE_FILES, Changed, Columns, Images, catalogue_at, catalogue_for, in_order, make_current
 from .errors import SpotitError
 from .fileio import TEMPORARY_PREFIX, FileArray, atomic_path, atomic_write_bytes
 from .local_features import LocalFeatures
@@ -83,13 +83,20 @@ def is_legacy(manifest: dict) -> bool:
             and isinstance(manifest.get("images"), dict) and isinstance(manifest.get("feature_settings"), dict))
 
 
-def check_index_folder(root: Path) -> None:
-    """Refuse to make an index in a place holding anything but a spotit index: spotit writes only where it owns."""
+def check_index_folder(root: Path, locked: bool = False) -> None:
+    """Refuse to make an index in a place holding anything but a spotit index: spotit writes only where it owns.
+
+    Before the write lock is taken (`locked` False), another spotit's creation may be half done: its lock
+    beside a catalogue that holds no state yet. The writer that waits for it checks again under the lock."""
     if root.exists() and not root.is_dir():
         raise SpotitError(f"--index {root} is a file; give a folder for the index")
+    if not root.is_dir() or read_manifest(root) is not None:
+        return
+    names = {p.name: p for p in root.iterdir()}
+    creating = not locked and LOCK_FILE in names and is_our_lock(names[LOCK_FILE])
     # a write lock and temporary files are what a creation in progress (or a refused one) leaves
-    if root.is_dir() and read_manifest(root) is None and \
-            any(not (TEMPORARY_NAME.fullmatch(p.name) or (p.name == LOCK_FILE and is_our_lock(p))) for p in root.iterdir()):
+    if any(not (TEMPORARY_NAME.fullmatch(name) or (name == LOCK_FILE and is_our_lock(path))
+                or (creating and name in (CATALOGUE_FILE, *SIDE_FILES))) for name, path in names.items()):
         raise SpotitError(
             f"{root} is not a spotit index and is not empty; give a new or empty folder as --index "
             f"(spotit never writes among other files)"
