@@ -208,19 +208,19 @@ class Index:
         scope = Scope.of(under, since, until)
         images, boxes = query_photos(query, boxes, max_pixels)
         for _ in range(5):
-            with ThreadPoolExecutor(1) as pool:  # a first search loads the model while it reads the catalogue
-                loading = pool.submit(self.features.load, METHOD_KINDS.get(method or self.default_method, []))
-                snap = self.snapshot()
-                loading.result()
-            searcher = Searcher(self.features.get, self.search_conf)  # after the snapshot: its extractors
-            method = method or self.default_method
-            self._require(method, snap)
-            if matches and method != "hybrid":
-                raise SpotitError(f"matches need the hybrid method, which verifies each result; not {method}")
-            try:
+            try:  # a writer may commit while this state is read (its catalogue) or searched (its files)
+                with ThreadPoolExecutor(1) as pool:  # a first search loads the model while it reads the catalogue
+                    loading = pool.submit(self.features.load, METHOD_KINDS.get(method or self.default_method, []))
+                    snap = self.snapshot()
+                    loading.result()
+                searcher = Searcher(self.features.get, self.search_conf)  # after the snapshot: its extractors
+                method = method or self.default_method
+                self._require(method, snap)
+                if matches and method != "hybrid":
+                    raise SpotitError(f"matches need the hybrid method, which verifies each result; not {method}")
                 return searcher.search(snap, images, boxes, method, top, progress, scope.mask(snap), matches)
             except SnapshotGone:
-                continue  # a writer committed and removed a file of this state: search the new one
+                continue  # search the new state
         raise SpotitError(f"index {self.store.root} changed during five searches in a row; try again")
 
 
