@@ -24,10 +24,10 @@ confs = {
     # own vector search found, whose regions are read already).
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
-                "qe": 2, "qe_min_inliers": 15, "verify": "default"},
+                "qe": 2, "qe_min_inliers": 15, "verify": "default", "seen_boxes": True},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
-confs["v0.1"] = {**confs["default"], "verify": "plain", "boxed_views": False}
+confs["v0.1"] = {**confs["default"], "verify": "plain", "boxed_views": False, "seen_boxes": False}
 confs["no-qe"] = {**confs["v0.1"], "qe": 0}
 confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0}
 confs["shape"] = {**confs["v0.1"], "verify": "shape"}

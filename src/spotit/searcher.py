@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from . import rerank, vectors, verdict
+from . import localise, rerank, vectors, verdict
 from .derived import Learned
 from .global_features import region_values
-from .images import Box, assign_ids, crop as crop_to_box
+from .images import Box, assign_ids, crop as crop_to_box, load_image
 from .local_features import expand, readable
 from .matching import ratio_matches
 from .ranking import rank
-from .errors import BackendError
+from .errors import BackendError, SpotitError
 from .store import SnapshotGone, Store
 from .whitening import Whitening
 
@@ -35,7 +35,7 @@ class Result:
     path: str  # absolute path of the gallery image
     score: float
     inliers: int | None = None  # hybrid: geometrically consistent matches with the query
-    quad: np.ndarray | None = None  # hybrid, verified: the query box's corners in this image (4, 2)
+    quad: np.ndarray | None = None  # hybrid, verified: corners (4, 2) of the query box, or of the part of it this image shows
     width: int | None = None  # size of the gallery photo, upright
     height: int | None = None
     stale: str | None = None  # "deleted" or "changed": the photo is no longer what was indexed
@@ -355,9 +355,11 @@ class Searcher:
                 break
             result = self._result(snap, i, float(merged[i]))
             if method == "hybrid":
-                check, crop = checks[at], crops[best_crop[i]][1]
+                check, (_, crop, _, boxed) = checks[at], crops[best_crop[i]]
                 result.inliers = check.inliers if check else 0
                 result.quad = rerank.locate(check, crop.shape[1], crop.shape[0])
+                if result.quad is not None and boxed and self.conf["seen_boxes"]:
+                    result.quad = seen_quad(crop, result, check.transform)
                 result.evidence, result.similarity = float(evidence[at]), float(similarity[at])
                 result.confidence = float(confidence[at])
                 result.match = verdict.verdict(result.confidence)
@@ -373,6 +375,21 @@ class Searcher:
         path = os.path.join(snap.manifest["gallery"], name)
         return Result(snap.ids[row], path, score, width=entry.get("width"), height=entry.get("height"),
                       stale=stale_reason(path, entry))
+
+
+def seen_quad(crop: np.ndarray, result: Result, transform: np.ndarray) -> np.ndarray:
+    """The result's located quad cut to the part of the query box that its photo shows (localise.py); the
+    mapped box as it is where the photo is no longer the one indexed or the comparison finds too little."""
+    if result.stale:
+        return result.quad
+    try:
+        photo = load_image(result.path)
+    except (SpotitError, OSError):
+        return result.quad
+    if photo.shape[:2] != (result.height, result.width):
+        return result.quad
+    seen = localise.seen_part(crop, photo, transform)
+    return result.quad if seen is None else seen
 
 
 def stale_reason(path: str, entry: dict) -> str | None:
