@@ -31,3 +31,18 @@ def test_fast_columns_equal_the_rows_read_as_they_are(tmp_path):
         assert np.array_equal(getattr(fast, field), getattr(plain, field)), field
     undated = fast.names.index("dir1/no-date.jpg")
     assert fast.taken[undated] == NO_DATE and fast.entry(undated)["taken"] is None and fast.width[undated] == 0
+
+
+def test_stamps_read_after_a_newer_commit_are_refused(tmp_path):
+    """The stamps come in a second read: it must be of the same commit as the first, or say it is not."""
+    import pytest
+
+    from spotit.catalogue import Changed
+
+    catalogue = Catalogue(tmp_path)
+    catalogue.create({"generation": 1})
+    catalogue.commit({"generation": 2}, photos())
+    assert np.array_equal(catalogue.columns(2).size, catalogue._stamps(2)[0])
+    catalogue.commit({"generation": 3}, photos())
+    with pytest.raises(Changed):
+        catalogue._stamps(2)

@@ -15,8 +15,11 @@ import gc
 import json
 import os
 import sqlite3
-from dataclasses import dataclass
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -35,9 +38,10 @@ _FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height", "taken")  # ta
 _COLUMNS = ", ".join(("name", *_FIELDS, "stale"))
 NO_DATE = np.iinfo(np.int64).min  # `taken` of a photo without a date, in Columns
 _ALL = f"SELECT {_COLUMNS} FROM images ORDER BY name"  # every photo's row as it is
-# the columns a search process reads, in columns_of's order, with each shard as its number
-_NUMBERED = ("SELECT name, CAST(shard AS INTEGER), row, IFNULL(size, 0), IFNULL(mtime_ns, 0), IFNULL(width, 0), "
-             f"IFNULL(height, 0), IFNULL(taken, {NO_DATE}) FROM images ORDER BY name")
+# what a search process reads before its first answer, with each shard as its number; the file stamps and
+# dates, which only its results and date scopes need, follow in a second read on a thread
+_NUMBERED = "SELECT name, CAST(shard AS INTEGER), row, IFNULL(width, 0), IFNULL(height, 0) FROM images ORDER BY name"
+_STAMPS = f"SELECT IFNULL(size, 0), IFNULL(mtime_ns, 0), IFNULL(taken, {NO_DATE}) FROM images ORDER BY name"
 
 
 def encode(name: str) -> bytes:
@@ -100,9 +104,13 @@ class Images(dict):
         super().clear()
 
 
+Stamps = tuple[np.ndarray, np.ndarray, np.ndarray]  # size, mtime_ns, taken of every photo
+
+
 @dataclass
 class Columns:
-    """Every photo of one committed state, in catalogue order, as arrays (what a search process holds)."""
+    """Every photo of one committed state, in catalogue order, as arrays (what a search process holds).
+    The file stamps and dates come from `stamps_of` on first use (maybe read on a thread meanwhile)."""
 
     names: list[str]
     shards: list[str]  # shard file names; `shard` indexes into them
@@ -110,14 +118,45 @@ class Columns:
     row: np.ndarray
     width: np.ndarray
     height: np.ndarray
-    size: np.ndarray
-    mtime_ns: np.ndarray
-    taken: np.ndarray  # NO_DATE where the photo says not
+    stamps_of: Callable[[], Stamps]
+    _stamps: Stamps | None = field(default=None, repr=False)
+
+    def stamps(self) -> Stamps:
+        if self._stamps is None:
+            self._stamps = self.stamps_of()
+        return self._stamps
+
+    @property
+    def size(self) -> np.ndarray:
+        return self.stamps()[0]
+
+    @property
+    def mtime_ns(self) -> np.ndarray:
+        return self.stamps()[1]
+
+    @property
+    def taken(self) -> np.ndarray:  # NO_DATE where the photo says not
+        return self.stamps()[2]
 
     def entry(self, i: int) -> dict:
+        size, mtime_ns, taken = self.stamps()
         return {"shard": self.shards[self.shard[i]], "row": int(self.row[i]), "width": int(self.width[i]),
-                "height": int(self.height[i]), "size": int(self.size[i]), "mtime_ns": int(self.mtime_ns[i]),
-                "taken": None if self.taken[i] == NO_DATE else int(self.taken[i])}
+                "height": int(self.height[i]), "size": int(size[i]), "mtime_ns": int(mtime_ns[i]),
+                "taken": None if taken[i] == NO_DATE else int(taken[i])}
+
+
+def in_background(read: Callable):
+    """Start `read()` on a thread; returns what waits for its result (or raises its error, in the caller)."""
+    future: Future = Future()
+
+    def run():
+        try:
+            future.set_result(read())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="spotit-catalogue", daemon=True).start()
+    return future.result
 
 
 class Changed(Exception):
@@ -143,41 +182,59 @@ def images_of(rows) -> Images:
 @contextlib.contextmanager
 def gc_paused():
     """No garbage collection while a million rows become long-lived objects: its passes over them free
-    nothing and cost a search process much of its opening time."""
-    enabled = gc.isenabled()
-    gc.disable()
+    nothing and cost a search process much of its opening time. Counted, since reads on several threads
+    may overlap (collection is the process's, not a thread's)."""
+    global _pauses, _was_enabled
+    with _pause_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()
 
 
-def columns_of(rows, shard_names: dict[int, str] | None = None) -> Columns:
-    """Catalogue rows (in catalogue order) as arrays, column by column. With `shard_names`, each row names its
-    shard by number (the catalogue's fast read: no million strings), and they map numbers to file names."""
+_pause_lock = threading.Lock()
+_pauses, _was_enabled = 0, False
+
+
+def _ints(values, dtype=np.int64, missing=0) -> np.ndarray:
+    try:
+        return np.fromiter(values, dtype, len(values))  # no missing value: numpy's own loop
+    except TypeError:
+        return np.fromiter((missing if v is None else v for v in values), dtype, len(values))
+
+
+def stamps_of(size, mtime_ns, taken) -> Stamps:
+    return _ints(size), _ints(mtime_ns), _ints(taken, missing=NO_DATE)
+
+
+def columns_of(rows, shard_names: dict[int, str] | None = None, stamps: Callable[[], Stamps] | None = None) -> Columns:
+    """Catalogue rows (in catalogue order) as arrays, column by column: every field (`_ALL`'s), or, with
+    `shard_names`, the fast read's (`_NUMBERED`: each row names its shard by number, no million strings, and
+    they map numbers to file names), whose stamps come from `stamps`."""
     if not rows:
         empty = np.zeros(0, np.int64)
-        return Columns([], [], empty.astype(np.int32), empty.astype(np.int32), empty.astype(np.int32),
-                       empty.astype(np.int32), empty, empty, empty)
-    names, shard, row, size, mtime, width, height, taken, *_ = zip(*rows)
-
-    def ints(values, dtype=np.int64, missing=0):
-        try:
-            return np.fromiter(values, dtype, len(values))  # no missing value: numpy's own loop
-        except TypeError:
-            return np.fromiter((missing if v is None else v for v in values), dtype, len(values))
-
+        return Columns([], [], *(empty.astype(np.int32),) * 4, lambda: (empty, empty, empty))
     if shard_names is None:
+        names, shard, row, size, mtime, width, height, taken, *_ = zip(*rows)
         shards: dict[str, int] = {}
         number = shards.setdefault
         shard = np.fromiter((number(s, len(shards)) for s in shard), np.int32, len(shard))
         files = list(shards)
+        every = stamps_of(size, mtime, taken)
+        stamps = lambda: every  # noqa: E731
     else:
-        numbers, shard = np.unique(ints(shard), return_inverse=True)
+        names, shard, row, width, height = zip(*rows)
+        numbers, shard = np.unique(_ints(shard), return_inverse=True)
         files = [shard_names[n] for n in numbers.tolist()]
-    return Columns(decode_all(names), files, shard.astype(np.int32), ints(row, np.int32), ints(width, np.int32),
-                   ints(height, np.int32), ints(size), ints(mtime), ints(taken, missing=NO_DATE))
+    return Columns(decode_all(names), files, shard.astype(np.int32), _ints(row, np.int32), _ints(width, np.int32),
+                   _ints(height, np.int32), stamps)
 
 
 def catalogue_at(root: str | os.PathLike):
@@ -345,7 +402,13 @@ class Catalogue:
             names = dict(shards)
             if len(names) < len(shards):  # two shard files of one number: not spotit's naming
                 return columns_of(self._snapshot_query(generation, _ALL)[0])
-            return columns_of(rows, names)
+            if not rows:
+                return columns_of(rows)
+            return columns_of(rows, names, in_background(lambda: self._stamps(generation)))
+
+    def _stamps(self, generation: int) -> Stamps:
+        with gc_paused():
+            return stamps_of(*zip(*self._snapshot_query(generation, _STAMPS)[0]))
 
     def generation(self) -> int | None:
         state = self.state()

@@ -90,10 +90,24 @@ class Snapshot:
     def __init__(self, store: Store):
         self.store = store
         self.manifest = store.manifest
-        self.names = store.names()
         self._lock = threading.Lock()
         self._locks: dict[str, threading.RLock] = {}
         self._cache: dict = {}
+        if store.learned and store.learned.get("vectors") != "milvus":
+            # the learned parts (and faiss's import) load on a thread while the catalogue is read
+            threading.Thread(target=self._warm_learned, name="spotit-learned", daemon=True).start()
+        self.names = store.names()
+
+    def _warm_learned(self) -> None:
+        try:
+            self.learned()
+        except Exception:  # noqa: BLE001 - a search that needs them reads them again and reports the error
+            with self._lock:
+                self._locks.pop("learned", None)
+
+    def learned(self) -> Learned:
+        """The learned parts of this state (whitening, trained vector index)."""
+        return self.cached("learned", lambda: Learned.read(self.store))
 
     def prepare(self) -> None:
         """Start deriving the photos' ids on a thread: at a million photos they take a second and a half of
@@ -189,11 +203,11 @@ class Snapshot:
             learned = None  # an update was interrupted before it derived them: the next one will
         if learned is None:
             # the first update is still running, or it was interrupted: whiten in memory (a reader never writes)
-            whitening = Learned.read(store).whitening if store.learned else None
+            whitening = self.learned().whitening if store.learned else None
             raw = region_values(store.load_dense("regions")[1])
             whitening, matrix = whiten_regions(raw, self.manifest["feature_settings"]["regions"], whitening)
             return vectors.ExactRegions(matrix.reshape(len(raw), raw.shape[1], -1), raw.shape[1]), whitening
-        parts = Learned.read(store)
+        parts = self.learned()
         if learned["vectors"] == "exact":
             return self.exact_regions(parts.per_image), parts.whitening
         if learned["vectors"] == "milvus":

@@ -168,7 +168,10 @@ class Store:
     def columns(self) -> Columns:
         """Every photo as arrays, in catalogue order: what a search process holds of the catalogue."""
         if self._columns is None:
-            self._columns = self._of_this_state(self.catalogue.columns)
+            columns = self._of_this_state(self.catalogue.columns)
+            read = columns.stamps_of  # read later, maybe after a writer's commit: that too is SnapshotGone
+            columns.stamps_of = lambda: self._of_this_state(lambda _generation: read())
+            self._columns = columns
         return self._columns
 
     @classmethod
