@@ -145,6 +145,20 @@ class Columns:
                 "taken": None if taken[i] == NO_DATE else int(taken[i])}
 
 
+def read_ahead(path: Path) -> None:
+    """Ask the system to read the whole file into its cache now: a search process reads every row of the
+    catalogue, and SQLite alone asks for it a page at a time (slow from a cold disk)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # SQLite reports what is wrong with the file
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def in_background(read: Callable):
     """Start `read()` on a thread; returns what waits for its result (or raises its error, in the caller)."""
     future: Future = Future()
@@ -396,6 +410,7 @@ class Catalogue:
     def columns(self, generation: int) -> Columns:
         """Every photo of the commit `generation` as arrays (what a search process holds). SQLite numbers the
         shards and fills in missing values itself: Python then makes no object a row does not need."""
+        read_ahead(self.path)
         with gc_paused():
             rows, shards = self._snapshot_query(generation, _NUMBERED,
                                                 "SELECT DISTINCT CAST(shard AS INTEGER), shard FROM images")
