@@ -101,9 +101,8 @@ class Snapshot:
     def _warm_learned(self) -> None:
         try:
             self.learned()
-        except Exception:  # noqa: BLE001 - a search that needs them reads them again and reports the error
-            with self._lock:
-                self._locks.pop("learned", None)
+        except Exception:  # noqa: BLE001 - nothing cached: a search reads them again and reports the error
+            pass
 
     def learned(self) -> Learned:
         """The learned parts of this state (whitening, trained vector index)."""
