@@ -80,3 +80,14 @@ def test_load_image_honours_exif_orientation(tmp_path):
     upright = load_image(tmp_path / "rotated.jpg")
     assert upright.shape[:2] == (80, 40)
     assert upright[:40].mean() > 200 and upright[40:].mean() < 50  # the white half is now on top
+
+
+def test_a_big_jpeg_decodes_smaller_only_as_far_as_asked(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), np.uint8)).save(path)
+    assert load_image(path).shape == (1200, 1600, 3)
+    assert load_image(path, at_least=300).shape == (300, 400, 3)  # 1/4: both sides keep >= 300
+    assert load_image(path, at_least=301).shape == (600, 800, 3)
+    png = tmp_path / "big.png"
+    Image.open(path).save(png)
+    assert load_image(png, at_least=300).shape == (1200, 1600, 3)  # only JPEG decodes at a smaller scale

@@ -86,3 +86,23 @@ def test_a_photo_deleted_since_indexing_keeps_the_mapped_box(demo, gallery_copy,
     (gallery_copy / f"{gone}.jpg").unlink()
     hit = next(h for h in index.search(demo["query"], [demo["box"]], method="hybrid", top=3) if h.id == gone)
     assert hit.stale == "deleted" and hit.box is not None and iou(hit.box, demo["places"][gone]) > 0.6
+
+
+def test_a_big_photo_is_compared_at_the_size_the_box_needs(demo, demo_index, tmp_path):
+    """A gallery photo four times larger (decoded smaller for the comparison) gets the same box, scaled."""
+    from spotit import Index
+
+    query, _ = loose_query("cup", "coins.png", margin=0.5)
+    path = tmp_path / "loose.jpg"
+    Image.fromarray(query).save(path, quality=95)
+    box = [(0, 0, query.shape[1], query.shape[0])]
+    small = {h.id: h.box for h in demo_index.search(path, box, method="hybrid", top=3)}
+    gallery = tmp_path / "big"
+    gallery.mkdir()
+    for name in small:
+        with Image.open(demo["gallery"] / f"{name}.jpg") as photo:
+            photo.resize((photo.width * 4, photo.height * 4), Image.BICUBIC).save(gallery / f"{name}.jpg", quality=95)
+    index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
+    index.update(progress=False)
+    for hit in index.search(path, box, method="hybrid", top=3):
+        assert iou(hit.box, tuple(v * 4 for v in small[hit.id])) > 0.8, (hit.id, hit.box, small[hit.id])

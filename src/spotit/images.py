@@ -170,15 +170,16 @@ def assign_ids(relpaths: list[str]) -> list[str]:
     return [p if count[s] > 1 or (s != p and s in paths) else s for p, s in zip(relpaths, stems)]
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS, at_least: int | None = None) -> np.ndarray:
     """The true content of an image file as RGB uint8 (H, W, 3), upright by its EXIF orientation.
 
     Any bit depth, greyscale, palette, alpha (over white), CMYK; the first frame of an animation.
     Pillow decodes, OpenCV takes over for what Pillow cannot; images over max_pixels (None: no limit)
-    are refused from their header, before decoding.
+    are refused from their header, before decoding. With `at_least`, a JPEG may be decoded at 1/2, 1/4 or
+    1/8 of its size (much faster) where both sides keep at least that many pixels.
     """
     with _open_regular(path) as file:
-        return _big_enough(_decode(file, path, max_pixels), path)
+        return _big_enough(_decode(file, path, max_pixels, at_least), path)
 
 
 def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -210,7 +211,7 @@ def _open_regular(path: str | os.PathLike) -> BinaryIO:
     return file
 
 
-def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None) -> np.ndarray:
+def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None, at_least: int | None = None) -> np.ndarray:
     if is_raw(path):  # before Pillow, which would open a TIFF-based raw's small thumbnail as the photo
         import rawpy
 
@@ -222,6 +223,8 @@ def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None) -> 
     try:
         with Image.open(file) as img:  # reads the header only; stands on the first frame
             _check_pixels(path, *img.size, max_pixels)
+            if at_least:
+                img.draft(img.mode, (at_least, at_least))  # JPEG only; others decode whole
             img.load()
             return _pillow_to_rgb(_upright(img))
     except _DECODE_ERRORS as exc:

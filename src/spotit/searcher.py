@@ -393,16 +393,20 @@ class Searcher:
 def seen_quad(crop: np.ndarray, result: Result, transform: np.ndarray) -> np.ndarray:
     """The result's located quad cut to the part of the query box that its photo shows (localise.py); the
     mapped box as it is where the photo is no longer the one indexed or the comparison finds too little."""
-    if result.stale:
+    if result.stale or not (result.width and result.height):
         return result.quad
+    # the comparison needs only `side` px across the box: a big photo may decode smaller (with a margin)
+    extent = float(np.ptp(np.clip(result.quad, 0, [result.width, result.height]), axis=0).max())
+    at_least = int(min(result.width, result.height) * 2 * localise.confs["default"]["side"] / max(extent, 1.0))
     try:
-        photo = load_image(result.path)
+        photo = load_image(result.path, at_least=at_least)
     except (SpotitError, OSError):
         return result.quad
-    if photo.shape[:2] != (result.height, result.width):
+    scale = photo.shape[1] / result.width
+    if abs(photo.shape[0] / result.height - scale) > 0.02:  # not the photo that was indexed
         return result.quad
-    seen = localise.seen_part(crop, photo, transform)
-    return result.quad if seen is None else seen
+    seen = localise.seen_part(crop, photo, np.diag([scale, scale, 1.0]) @ transform)
+    return result.quad if seen is None else seen / scale
 
 
 def stale_reason(path: str, entry: dict) -> str | None:
