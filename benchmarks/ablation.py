@@ -36,7 +36,8 @@ STEPS = [
     ("+ query expansion from 2 verified results (spotit 0.1)", "hybrid", "gem-regions", "v0.1"),
     ("+ sound shapes only: convex, <= 4:1 stretch, >= 24 px, inside the photo", "hybrid", "gem-regions", "shape"),
     ("+ inliers near the box border count 1/4", "hybrid", "gem-regions", "centre"),
-    ("+ boxed query seen at 2 scales x 4 turns, best view scores (default)", "hybrid", "gem-regions", "default"),
+    ("+ boxed query seen at 2 scales x 4 turns, best view scores", "hybrid", "gem-regions", "views"),
+    ("+ query expansion from every verified result (default)", "hybrid", "gem-regions", "default"),
 ]
 
 

@@ -21,13 +21,15 @@ confs = {
     # most other photos) and each turn, and scored by its best view.
     # Query expansion averages the query with the best-matching region of up to `qe` images verified with
     # >= qe_min_inliers, and re-scores the whole gallery with it (searched through faiss: the photos the query's
-    # own vector search found, whose regions are read already).
+    # own vector search found, whose regions are read already). Since verification refuses unsound shapes
+    # and discounts the box's border, every verified image is trusted to expand (spotit 0.1 asked for 15).
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
-                "qe": 2, "qe_min_inliers": 15, "verify": "default", "seen_boxes": True},
+                "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
-confs["v0.1"] = {**confs["default"], "verify": "plain", "boxed_views": False, "seen_boxes": False}
+confs["views"] = {**confs["default"], "qe_min_inliers": 15}
+confs["v0.1"] = {**confs["views"], "verify": "plain", "boxed_views": False, "seen_boxes": False}
 confs["no-qe"] = {**confs["v0.1"], "qe": 0}
 confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0}
 confs["shape"] = {**confs["v0.1"], "verify": "shape"}
@@ -85,13 +87,19 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
     base = np.where(verified, np.maximum(upright, rotated), upright)
     if conf["qe"]:
         fused = fuse(base, inliers, conf)
-        expanding = [i for i in rank(fused, 3 * conf["qe"]) if inliers[i] >= conf["qe_min_inliers"]][: conf["qe"]]
+        expanding = expansion(fused, inliers, conf)
         if expanding:
             blocks = [regions.block(i) for i in expanding]
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
             base = np.maximum(base, regions.requery(expanded)[0])
     return fuse(base, inliers, conf), checks
+
+
+def expansion(fused: np.ndarray, inliers: np.ndarray, conf: dict) -> list[int]:
+    """Rows whose best region joins the query in query expansion: up to `qe` of the 3 * `qe` best by
+    `fused` score that hold >= qe_min_inliers (weighted) inliers."""
+    return [int(i) for i in rank(fused, 3 * conf["qe"]) if inliers[i] >= conf["qe_min_inliers"]][: conf["qe"]]
 
 
 def locate(check: Verification | None, width: int, height: int, conf: dict = confs["default"]):
