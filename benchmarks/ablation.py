@@ -37,7 +37,8 @@ STEPS = [
     ("+ sound shapes only: convex, <= 4:1 stretch, >= 24 px, inside the photo", "hybrid", "gem-regions", "shape"),
     ("+ inliers near the box border count 1/4", "hybrid", "gem-regions", "centre"),
     ("+ boxed query seen at 2 scales x 4 turns, best view scores", "hybrid", "gem-regions", "views"),
-    ("+ query expansion from every verified result (default)", "hybrid", "gem-regions", "default"),
+    ("+ query expansion from every verified result", "hybrid", "gem-regions", "expansion"),
+    ("+ a boxed object's weak fits confirmed on the photo (default)", "hybrid", "gem-regions", "default"),
 ]
 
 

@@ -106,3 +106,15 @@ def test_a_big_photo_is_compared_at_the_size_the_box_needs(demo, demo_index, tmp
     index.update(progress=False)
     for hit in index.search(path, box, method="hybrid", top=3):
         assert iou(hit.box, tuple(v * 4 for v in small[hit.id])) > 0.8, (hit.id, hit.box, small[hit.id])
+
+
+def test_alike_is_high_where_the_photo_shows_the_object_and_low_where_a_wrong_fit_lands():
+    query, (ox, oy, ow, oh) = loose_query("cup", "brick.png", margin=0.2)
+    transform = np.array([[0.7, 0.05, 60.0], [-0.05, 0.7, 50.0], [0.0, 0.0, 1.0]])
+    photo = np.asarray(load_photo("grass.png").resize((800, 600))).copy()
+    seen = cv2.warpPerspective(query, transform, (800, 600))
+    inside = cv2.warpPerspective(np.ones(query.shape[:2], np.uint8), transform, (800, 600)).astype(bool)
+    photo[inside] = np.asarray(ImageEnhance.Brightness(Image.fromarray(seen)).enhance(0.8))[inside]
+    assert localise.alike(query, photo, transform) > 0.6
+    elsewhere = np.array([[0.7, 0.05, 420.0], [-0.05, 0.7, 250.0], [0.0, 0.0, 1.0]])  # a chance fit: grass
+    assert localise.alike(query, photo, elsewhere) < 0.25

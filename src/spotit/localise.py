@@ -56,6 +56,13 @@ def local_stats(a: np.ndarray, b: np.ndarray, window: int):
     return cov / np.sqrt(var_a * var_b + 1e-6), np.sqrt(var_a), np.sqrt(var_b)
 
 
+def inner(shape: tuple[int, int], part: float) -> np.ndarray:
+    """(h, w) mask of a box's inner `part`, by the larger of the two offsets from its centre (1 at the edge)."""
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    offset = np.maximum(np.abs((xs + 0.5) / shape[1] - 0.5), np.abs((ys + 0.5) / shape[0] - 0.5)) * 2
+    return offset < part
+
+
 def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"]):
     """How much each pixel of a grid over the query box looks alike in the photo: (agree, scaled transform),
     agree being an (h, w) map of weights from 0 to 1 (0 where the box falls outside the photo)."""
@@ -67,9 +74,7 @@ def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf:
                                  flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0.5
     small = cv2.resize(query, size, interpolation=cv2.INTER_AREA).astype(np.float32)
     small, seen = (cv2.GaussianBlur(a, (0, 0), conf["blur"]) for a in (small, seen))
-    ys, xs = np.mgrid[0 : size[1], 0 : size[0]]
-    offset = np.maximum(np.abs((xs + 0.5) / size[0] - 0.5), np.abs((ys + 0.5) / size[1] - 0.5)) * 2
-    centre = inside & (offset < conf["centre"])
+    centre = inside & inner(size[::-1], conf["centre"])
     if centre.sum() < 16:
         return np.zeros(size[::-1]), grid_transform
     correlation, spread_query, spread_seen = local_stats(small.mean(axis=2), seen.mean(axis=2), conf["window"])
@@ -100,6 +105,13 @@ def peel(agree: np.ndarray, keep: float, band: int = 1) -> tuple[int, int, int, 
         else:
             y1 -= 1
     return x0, y0, x1, y1
+
+
+def alike(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"]) -> float:
+    """The share (0 to 1) of the query box's inner `centre` part that looks alike in the photo under
+    `transform`: where an object was boxed, its middle is the object, while its edges may be background."""
+    agree, _ = agreement(query, photo, transform, conf)
+    return float(agree[inner(agree.shape, conf["centre"])].mean())
 
 
 def seen_part(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"]) -> np.ndarray | None:

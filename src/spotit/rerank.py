@@ -23,12 +23,19 @@ confs = {
     # >= qe_min_inliers, and re-scores the whole gallery with it (searched through faiss: the photos the query's
     # own vector search found, whose regions are read already). Since verification refuses unsound shapes
     # and discounts the box's border, every verified image is trusted to expand (spotit 0.1 asked for 15).
+    # A boxed object's sound fit with `confirm_from` to min_inliers (weighted) inliers is checked on the
+    # photo itself: where at least `confirm_alike` of the box's middle looks alike there (localise.alike),
+    # it counts as verified with min_inliers. Small and smooth objects hold few keypoints; a chance fit
+    # of a few matches does not make the photo look like the object. The bar is above what chance fits
+    # reach (mostly under 0.25) and high enough that a confirmed fit also places the box well.
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
-                "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True},
+                "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True,
+                "confirm_from": 3, "confirm_alike": 0.4},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
-confs["views"] = {**confs["default"], "qe_min_inliers": 15}
+confs["expansion"] = {**confs["default"], "confirm_from": None}
+confs["views"] = {**confs["expansion"], "qe_min_inliers": 15}
 confs["v0.1"] = {**confs["views"], "verify": "plain", "boxed_views": False, "seen_boxes": False}
 confs["no-qe"] = {**confs["v0.1"], "qe": 0}
 confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0}
@@ -69,16 +76,19 @@ def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]
 
 def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names: list[str], upright: np.ndarray,
            rotated: np.ndarray, read, sizes: np.ndarray, conf: dict, regions,
-           query_vector: np.ndarray) -> tuple[np.ndarray, dict[int, Verification]]:
+           query_vector: np.ndarray, alike=None) -> tuple[np.ndarray, dict[int, Verification]]:
     """Verify the shortlist; returns the final scores of every image and each verification by row.
     `query_size` is the query crop's (width, height), `sizes` each gallery photo's; `boxed`: the query
     was cut from a photo by a box.
 
-    `regions` searches the gallery's whitened region descriptors (vectors.ExactRegions or ApproximateRegions)."""
+    `regions` searches the gallery's whitened region descriptors (vectors.ExactRegions or ApproximateRegions);
+    `alike(row, transform)` says how alike the photo of `row` looks to a boxed query (localise.alike)."""
     rows = shortlist(upright, rotated, conf)
     verifications = verify_many(query, [read(names[i], i) for i in rows], query_size,
                                 [tuple(sizes[i].tolist()) for i in rows], boxed, verify_confs[conf["verify"]])
     checks = dict(zip(rows, verifications))
+    if boxed and alike is not None:
+        confirm(checks, alike, conf)
     inliers = np.zeros(len(names))  # the evidence: inliers weighted by where they lie in the box
     for i, check in checks.items():
         inliers[i] = check.score
@@ -94,6 +104,17 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
             base = np.maximum(base, regions.requery(expanded)[0])
     return fuse(base, inliers, conf), checks
+
+
+def confirm(checks: dict[int, Verification], alike, conf: dict) -> None:
+    """Raise to min_inliers the evidence of each weak but sound fit whose photo looks like the query
+    (see confs); `alike(row, transform)` -> share of the box's middle that agrees."""
+    if not conf["confirm_from"]:
+        return
+    for row, check in checks.items():
+        weak = check.transform is not None and conf["confirm_from"] <= check.score < conf["min_inliers"]
+        if weak and alike(row, check.transform) >= conf["confirm_alike"]:
+            check.score = float(conf["min_inliers"])
 
 
 def expansion(fused: np.ndarray, inliers: np.ndarray, conf: dict) -> list[int]:

@@ -20,6 +20,7 @@ from .images import Box, assign_ids, crop as crop_to_box, load_image
 from .local_features import expand, readable
 from .matching import ratio_matches
 from .ranking import rank
+from .verify import map_box
 from .errors import BackendError, SpotitError
 from .store import SnapshotGone, Store
 from .whitening import Whitening
@@ -324,7 +325,8 @@ class Searcher:
         if mask is not None:
             scores, rotated = within(scores, mask), within(rotated, mask)
         fused, checks = rerank.rerank(query_local, (query.shape[1], query.shape[0]), boxed, snap.names, scores, rotated,
-                                      snap.reader("verify"), snap.sizes, self.conf, snap.regions()[0], query_vector)
+                                      snap.reader("verify"), snap.sizes, self.conf, snap.regions()[0], query_vector,
+                                      lambda row, transform: looks_alike(query, self._result(snap, row, 0.0), transform))
         return within(fused, mask), checks  # query expansion re-scores the whole gallery
 
     def scores(self, snap: Snapshot, crop: np.ndarray, method: str, progress: bool, photo_side: int, boxed: bool,
@@ -390,23 +392,43 @@ class Searcher:
                       stale=stale_reason(path, entry))
 
 
-def seen_quad(crop: np.ndarray, result: Result, transform: np.ndarray) -> np.ndarray:
-    """The result's located quad cut to the part of the query box that its photo shows (localise.py); the
-    mapped box as it is where the photo is no longer the one indexed or the comparison finds too little."""
+def indexed_photo(result: Result, quad: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """The result's photo, decoded as small as a comparison over `quad` (its pixels) allows, and its
+    scale; None where the photo is no longer the one indexed or cannot be read."""
     if result.stale or not (result.width and result.height):
-        return result.quad
+        return None
     # the comparison needs only `side` px across the box: a big photo may decode smaller (with a margin)
-    extent = float(np.ptp(np.clip(result.quad, 0, [result.width, result.height]), axis=0).max())
+    extent = float(np.ptp(np.clip(quad, 0, [result.width, result.height]), axis=0).max())
     at_least = int(min(result.width, result.height) * 2 * localise.confs["default"]["side"] / max(extent, 1.0))
     try:
         photo = load_image(result.path, at_least=at_least)
     except (SpotitError, OSError):
-        return result.quad
+        return None
     scale = photo.shape[1] / result.width
     if abs(photo.shape[0] / result.height - scale) > 0.02:  # not the photo that was indexed
+        return None
+    return photo, scale
+
+
+def seen_quad(crop: np.ndarray, result: Result, transform: np.ndarray) -> np.ndarray:
+    """The result's located quad cut to the part of the query box that its photo shows (localise.py); the
+    mapped box as it is where the photo is no longer the one indexed or the comparison finds too little."""
+    loaded = indexed_photo(result, result.quad)
+    if loaded is None:
         return result.quad
+    photo, scale = loaded
     seen = localise.seen_part(crop, photo, np.diag([scale, scale, 1.0]) @ transform)
     return result.quad if seen is None else seen / scale
+
+
+def looks_alike(crop: np.ndarray, result: Result, transform: np.ndarray) -> float:
+    """How alike the result's photo looks to the query box under `transform` (localise.alike); 0 where the
+    photo is no longer the one indexed."""
+    loaded = indexed_photo(result, map_box(transform, crop.shape[1], crop.shape[0]))
+    if loaded is None:
+        return 0.0
+    photo, scale = loaded
+    return localise.alike(crop, photo, np.diag([scale, scale, 1.0]) @ transform)
 
 
 def stale_reason(path: str, entry: dict) -> str | None:
