@@ -63,9 +63,11 @@ def inner(shape: tuple[int, int], part: float) -> np.ndarray:
     return offset < part
 
 
-def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"]):
+def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"],
+              textured: bool = False):
     """How much each pixel of a grid over the query box looks alike in the photo: (agree, scaled transform),
-    agree being an (h, w) map of weights from 0 to 1 (0 where the box falls outside the photo)."""
+    agree being an (h, w) map of weights from 0 to 1 (0 where the box falls outside the photo).
+    `textured`: only correlated pixels where either side has texture count (see `alike`)."""
     height, width = query.shape[:2]
     grid_transform, size = scaled_transform(transform, width, height, conf["side"])
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -81,6 +83,8 @@ def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf:
     flat = (spread_query < conf["flat"]) & (spread_seen < conf["flat"])
     alike = np.abs(fit_light(small, seen, centre) - small).mean(axis=2) < conf["tolerance"] * 255
     correlated = correlation > conf["correlation"]
+    if textured:
+        return inside * (correlated & ~flat), grid_transform
     return inside * np.where(correlated, 1.0, conf["flat_weight"] * (flat & alike)), grid_transform
 
 
@@ -108,9 +112,10 @@ def peel(agree: np.ndarray, keep: float, band: int = 1) -> tuple[int, int, int, 
 
 
 def alike(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"]) -> float:
-    """The share (0 to 1) of the query box's inner `centre` part that looks alike in the photo under
-    `transform`: where an object was boxed, its middle is the object, while its edges may be background."""
-    agree, _ = agreement(query, photo, transform, conf)
+    """The share (0 to 1) of the query box's inner `centre` part that correlates with the photo under
+    `transform`, where either side has texture: where an object was boxed, its middle is the object (its
+    edges may be background), and two flat patches (a plain object on any plain wall) prove nothing."""
+    agree, _ = agreement(query, photo, transform, conf, textured=True)
     return float(agree[inner(agree.shape, conf["centre"])].mean())
 
 

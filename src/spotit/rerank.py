@@ -24,14 +24,14 @@ confs = {
     # own vector search found, whose regions are read already). Since verification refuses unsound shapes
     # and discounts the box's border, every verified image is trusted to expand (spotit 0.1 asked for 15).
     # A boxed object's sound fit with `confirm_from` to min_inliers (weighted) inliers is checked on the
-    # photo itself: where at least `confirm_alike` of the box's middle looks alike there (localise.alike),
+    # photo itself: where at least `confirm_alike` of the box's middle correlates with it (localise.alike),
     # it counts as verified with min_inliers. Small and smooth objects hold few keypoints; a chance fit
     # of a few matches does not make the photo look like the object. The bar is above what chance fits
-    # reach (mostly under 0.25) and high enough that a confirmed fit also places the box well.
+    # reach (mostly under 0.2) and high enough that a confirmed fit also places the box well.
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
                 "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True,
-                "confirm_from": 3, "confirm_alike": 0.4},
+                "confirm_from": 3, "confirm_alike": 0.35},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
 confs["expansion"] = {**confs["default"], "confirm_from": None}

@@ -392,9 +392,10 @@ class Searcher:
                       stale=stale_reason(path, entry))
 
 
-def indexed_photo(result: Result, quad: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """The result's photo, decoded as small as a comparison over `quad` (its pixels) allows, and its
-    scale; None where the photo is no longer the one indexed or cannot be read."""
+def indexed_photo(result: Result, quad: np.ndarray, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The result's photo, decoded as small as a comparison over `quad` (its pixels) allows, `transform`
+    (query box -> photo pixels) in the decoded pixels, and their scale; None where the photo is no longer
+    the one indexed or cannot be read."""
     if result.stale or not (result.width and result.height):
         return None
     # the comparison needs only `side` px across the box: a big photo may decode smaller (with a margin)
@@ -407,28 +408,25 @@ def indexed_photo(result: Result, quad: np.ndarray) -> tuple[np.ndarray, float] 
     scale = photo.shape[1] / result.width
     if abs(photo.shape[0] / result.height - scale) > 0.02:  # not the photo that was indexed
         return None
-    return photo, scale
+    return photo, np.diag([scale, scale, 1.0]) @ transform, scale
 
 
 def seen_quad(crop: np.ndarray, result: Result, transform: np.ndarray) -> np.ndarray:
     """The result's located quad cut to the part of the query box that its photo shows (localise.py); the
     mapped box as it is where the photo is no longer the one indexed or the comparison finds too little."""
-    loaded = indexed_photo(result, result.quad)
+    loaded = indexed_photo(result, result.quad, transform)
     if loaded is None:
         return result.quad
-    photo, scale = loaded
-    seen = localise.seen_part(crop, photo, np.diag([scale, scale, 1.0]) @ transform)
+    photo, scaled, scale = loaded
+    seen = localise.seen_part(crop, photo, scaled)
     return result.quad if seen is None else seen / scale
 
 
 def looks_alike(crop: np.ndarray, result: Result, transform: np.ndarray) -> float:
     """How alike the result's photo looks to the query box under `transform` (localise.alike); 0 where the
-    photo is no longer the one indexed."""
-    loaded = indexed_photo(result, map_box(transform, crop.shape[1], crop.shape[0]))
-    if loaded is None:
-        return 0.0
-    photo, scale = loaded
-    return localise.alike(crop, photo, np.diag([scale, scale, 1.0]) @ transform)
+    photo is no longer the one indexed or cannot be read."""
+    loaded = indexed_photo(result, map_box(transform, crop.shape[1], crop.shape[0]), transform)
+    return 0.0 if loaded is None else localise.alike(crop, *loaded[:2])
 
 
 def stale_reason(path: str, entry: dict) -> str | None:

@@ -34,7 +34,9 @@ confs["plain"] = {**confs["shape"], "check_shape": False}
 class Verification:
     inliers: int  # matches consistent with the transform
     transform: np.ndarray | None  # 3x3, query pixels -> gallery pixels
-    score: float = 0.0  # the inliers weighted by where they lie in the query box (see confs)
+    # the evidence: inliers weighted by where they lie in the query box (see confs); rerank.confirm raises
+    # a weak fit's to the verification threshold where its photo looks like the object
+    score: float = 0.0
 
 
 _SQRT = np.sqrt(np.arange(256, dtype=np.float32))
