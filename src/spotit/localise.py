@@ -81,10 +81,10 @@ def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf:
         return np.zeros(size[::-1]), grid_transform
     correlation, spread_query, spread_seen = local_stats(small.mean(axis=2), seen.mean(axis=2), conf["window"])
     flat = (spread_query < conf["flat"]) & (spread_seen < conf["flat"])
-    alike = np.abs(fit_light(small, seen, centre) - small).mean(axis=2) < conf["tolerance"] * 255
     correlated = correlation > conf["correlation"]
-    if textured:
+    if textured:  # no light fit needed: flat pixels count nothing
         return inside * (correlated & ~flat), grid_transform
+    alike = np.abs(fit_light(small, seen, centre) - small).mean(axis=2) < conf["tolerance"] * 255
     return inside * np.where(correlated, 1.0, conf["flat_weight"] * (flat & alike)), grid_transform
 
 
