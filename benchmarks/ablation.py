@@ -38,7 +38,8 @@ STEPS = [
     ("+ inliers near the box border count 1/4", "hybrid", "gem-regions", "centre"),
     ("+ boxed query seen at 2 scales x 4 turns, best view scores", "hybrid", "gem-regions", "views"),
     ("+ query expansion from every verified result", "hybrid", "gem-regions", "expansion"),
-    ("+ a boxed object's weak fits confirmed on the photo (default)", "hybrid", "gem-regions", "default"),
+    ("+ a boxed object's weak fits confirmed on the photo", "hybrid", "gem-regions", "confirmed"),
+    ("+ a whole photo like many others scores lower (default)", "hybrid", "gem-regions", "default"),
 ]
 
 

@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 
 from spotit import rerank
+from spotit.local_features import empty_features
+from spotit.vectors import ExactRegions
 from spotit.verify import Verification
 
 
@@ -33,3 +36,40 @@ def test_a_weak_sound_fit_counts_as_verified_only_where_its_photo_looks_like_the
     asked.clear()
     rerank.confirm(checks, alike, rerank.confs["expansion"])  # the ablation step before it
     assert asked == []
+
+
+def crowded_gallery() -> ExactRegions:
+    """Six photos of two regions each: photos 0-2 alike (a common view), 3-5 each unlike any other."""
+    rng = np.random.default_rng(0)
+    wholes = np.eye(8)[[0, 0, 0, 3, 4, 5]] + 0.05 * rng.normal(size=(6, 8))
+    parts = np.eye(8)[[6, 6, 6, 7, 7, 7]] + 0.5 * rng.normal(size=(6, 8))
+    regions = np.stack([wholes, parts], axis=1)
+    return ExactRegions(regions / np.linalg.norm(regions, axis=2, keepdims=True), 2)
+
+
+def test_density_is_how_alike_a_photo_is_to_its_nearest_other_photos():
+    regions = crowded_gallery()
+    density = regions.density(np.arange(6), 2)
+    assert np.all(density[:3] > 0.9)  # each has two near copies
+    assert np.all(np.abs(density[3:]) < 0.3)  # itself does not count
+    assert regions.density(np.array([0, 3]), 50).shape == (2,)  # k beyond the gallery: every other photo
+    assert np.allclose(regions.density(np.array([0]), 5), regions.density(np.arange(6), 5)[0])
+
+
+def test_a_whole_photo_like_many_others_ranks_below_one_as_similar_that_is_like_no_other():
+    regions = crowded_gallery()
+    upright = np.array([0.50, 0.30, 0.30, 0.49, 0.20, 0.10])
+    nothing = empty_features()
+
+    def final(boxed, conf):
+        scores, checks = rerank.rerank(nothing, (100, 100), boxed, [str(i) for i in range(6)], upright.copy(),
+                                       np.full(6, -np.inf), lambda name, row: nothing, np.full((6, 2), 100), conf,
+                                       regions, np.eye(8)[0], alike=lambda row, transform: 0.0)
+        assert all(check.transform is None for check in checks.values())  # no evidence: CNN scores decide
+        return scores
+
+    scores = final(False, rerank.confs["default"])
+    assert scores[3] > scores[0]
+    assert np.median(scores) == pytest.approx(np.median(upright), abs=0.05)  # scores keep their scale
+    assert final(True, rerank.confs["default"])[0] > final(True, rerank.confs["default"])[3]  # a boxed object: no
+    assert np.array_equal(final(False, rerank.confs["confirmed"]), upright)  # the ablation step before it

@@ -28,13 +28,18 @@ confs = {
     # it counts as verified with min_inliers. Small and smooth objects hold few keypoints; a chance fit
     # of a few matches does not make the photo look like the object. The bar is above what chance fits
     # reach (mostly under 0.2) and high enough that a confirmed fit also places the box well.
+    # A whole photo (a scene) as query: a photo that looks like many others (a common kind of view) scores
+    # high against any query of its kind, so its score loses `density_weight` times how alike it is to its
+    # `density_k` nearest photos, relative to the shortlist's median (hubness reduction). Not for a boxed
+    # object: a photo's neighbours are those of its scene, which says nothing about one object in it.
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
                 "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True,
-                "confirm_from": 3, "confirm_alike": 0.35},
+                "confirm_from": 3, "confirm_alike": 0.35, "density_weight": 0.3, "density_k": 10},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
-confs["expansion"] = {**confs["default"], "confirm_from": None}
+confs["confirmed"] = {**confs["default"], "density_weight": 0.0}
+confs["expansion"] = {**confs["confirmed"], "confirm_from": None}
 confs["views"] = {**confs["expansion"], "qe_min_inliers": 15}
 confs["v0.1"] = {**confs["views"], "verify": "plain", "boxed_views": False, "seen_boxes": False}
 confs["no-qe"] = {**confs["v0.1"], "qe": 0}
@@ -81,7 +86,8 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
     `query_size` is the query crop's (width, height), `sizes` each gallery photo's; `boxed`: the query
     was cut from a photo by a box.
 
-    `regions` searches the gallery's whitened region descriptors (vectors.ExactRegions or ApproximateRegions);
+    `regions` searches the gallery's whitened region descriptors (vectors.ExactRegions or ApproximateRegions)
+    and knows how alike photos are to their nearest neighbours where it holds every photo (`density`);
     `alike(row, transform)` says how alike the photo of `row` looks to a boxed query (localise.alike)."""
     rows = shortlist(upright, rotated, conf)
     verifications = verify_many(query, [read(names[i], i) for i in rows], query_size,
@@ -103,7 +109,18 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
             base = np.maximum(base, regions.requery(expanded)[0])
-    return fuse(base, inliers, conf), checks
+    scores = fuse(base, inliers, conf)
+    if not boxed and conf["density_weight"] and rows:
+        density = regions.density(np.array(rows), conf["density_k"])
+        if density is not None:
+            scores[rows] -= crowding(density, conf)
+    return scores, checks
+
+
+def crowding(density: np.ndarray, conf: dict) -> np.ndarray:
+    """What the shortlist's photos lose for their `density` (see confs): centred on its median, so the photos
+    outside the shortlist, and scores on the whole, keep their place and scale (verdict.py reads them)."""
+    return conf["density_weight"] * (density - np.median(density))
 
 
 def confirm(checks: dict[int, Verification], alike, conf: dict) -> None:

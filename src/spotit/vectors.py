@@ -31,7 +31,7 @@ confs = {
               "train": 100_000},
 }
 CHOICES = ("auto", *confs)
-AUTO_EXACT_PHOTOS = 50_000  # exact search keeps 4 B x regions x dims per photo in memory
+AUTO_EXACT_PHOTOS = 50_000  # exact search keeps 4 B x (regions + 1) x dims per photo in memory (+1: the wholes)
 ID_STRIDE = 16  # regions per photo at most
 ROW_BITS = 24  # rows per shard at most: 16.7M
 
@@ -152,6 +152,8 @@ class ExactRegions:
     def __init__(self, matrix: np.ndarray, per_image: int):
         self.per_image = per_image
         self.columns = np.ascontiguousarray(np.asarray(matrix, np.float32).reshape(-1, matrix.shape[-1]).T)
+        self.wholes = np.ascontiguousarray(self.columns[:, ::per_image])  # region 0: the whole photo
+        self._densities: dict[int, np.ndarray] = {}  # k -> each photo's density, NaN until a search asks
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         return region_scores(self.columns, self.per_image, vectors)
@@ -163,6 +165,24 @@ class ExactRegions:
     def block(self, image: int) -> np.ndarray:
         """(D, per_image) regions of one photo."""
         return self.columns[:, image * self.per_image : (image + 1) * self.per_image]
+
+    def density(self, images: np.ndarray, k: int) -> np.ndarray:
+        """How alike each of `images` is to its `k` nearest other photos: the mean similarity of its
+        whole-photo descriptor (region 0) to theirs. Each photo's is computed once (the gallery of a
+        snapshot does not change) when a search first asks for it."""
+        known = self._densities.setdefault(k, np.full(self.wholes.shape[1], np.nan, np.float32))
+        missing = images[np.isnan(known[images])]
+        if len(missing):
+            known[missing] = self._nearest_mean(missing, k)
+        return known[images]
+
+    def _nearest_mean(self, images: np.ndarray, k: int) -> np.ndarray:
+        k = min(k, self.wholes.shape[1] - 1)
+        if k < 1:
+            return np.zeros(len(images), np.float32)
+        sims = self.wholes[:, images].T @ self.wholes
+        nearest = -np.partition(-sims, k, axis=1)[:, : k + 1]  # itself among them, most alike of all
+        return (nearest.sum(axis=1) - nearest.max(axis=1)) / k
 
 
 class ApproximateRegions:
@@ -214,6 +234,10 @@ class ApproximateRegions:
 
     def block(self, image: int) -> np.ndarray:
         return self.read(np.array([image]))[0].T
+
+    def density(self, images: np.ndarray, k: int) -> None:
+        """Not known: a photo's nearest neighbours would need a vector search of its own (see ExactRegions)."""
+        return None
 
 
 def global_kind(choice: str, photos: int) -> str:
