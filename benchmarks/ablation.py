@@ -39,7 +39,8 @@ STEPS = [
     ("+ boxed query seen at 2 scales x 4 turns, best view scores", "hybrid", "gem-regions", "views"),
     ("+ query expansion from every verified result", "hybrid", "gem-regions", "expansion"),
     ("+ a boxed object's weak fits confirmed on the photo", "hybrid", "gem-regions", "confirmed"),
-    ("+ a whole photo like many others scores lower (default)", "hybrid", "gem-regions", "default"),
+    ("+ a whole photo like many others scores lower", "hybrid", "gem-regions", "hubness"),
+    ("+ a box's fit needs an inlier in its centre (default)", "hybrid", "gem-regions", "default"),
 ]
 
 

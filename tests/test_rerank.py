@@ -48,12 +48,17 @@ def crowded_gallery() -> ExactRegions:
 
 
 def test_density_is_how_alike_a_photo_is_to_its_nearest_other_photos():
-    regions = crowded_gallery()
-    density = regions.density(np.arange(6), 2)
+    density = crowded_gallery().density(np.arange(6), 2)
     assert np.all(density[:3] > 0.9)  # each has two near copies
     assert np.all(np.abs(density[3:]) < 0.3)  # itself does not count
-    assert regions.density(np.array([0, 3]), 50).shape == (2,)  # k beyond the gallery: every other photo
-    assert np.allclose(regions.density(np.array([0]), 5), regions.density(np.arange(6), 5)[0])
+    wholes = crowded_gallery().neighbourhood.wholes
+    sims = wholes.T @ wholes
+    everyone = crowded_gallery().density(np.array([0, 3]), 50)  # k beyond the gallery: every other photo
+    assert np.allclose(everyone, [np.delete(sims[0], 0).mean(), np.delete(sims[3], 3).mean()], atol=1e-6)
+    asked_alone, asked_together = crowded_gallery().density(np.array([4]), 3), crowded_gallery().density(np.arange(6), 3)
+    assert np.allclose(asked_alone, asked_together[4])
+    assert np.array_equal(crowded_gallery().density(np.array([1, 1]), 2), density[[1, 1]])
+    assert np.array_equal(ExactRegions(np.ones((1, 2, 8), np.float32), 2).density(np.array([0]), 10), [0.0])
 
 
 def test_a_whole_photo_like_many_others_ranks_below_one_as_similar_that_is_like_no_other():

@@ -10,7 +10,7 @@ import pytest
 from spotit import Index
 from spotit.catalogue import Catalogue
 from spotit.errors import SpotitError
-from spotit.vectors import (ApproximateRegions, ExactRegions, GlobalVectors, ID_STRIDE, add_codes, encode, fp16_flat,
+from spotit.vectors import (AUTO_EXACT_PHOTOS, ApproximateRegions, ExactRegions, GlobalVectors, ID_STRIDE, add_codes, encode, fp16_flat,
                             global_kind, region_ids, train)
 
 
@@ -129,6 +129,13 @@ def test_approximate_regions_find_what_exact_search_finds():
     assert len(reads) == 1 and np.array_equal(again > -1, candidates.any(axis=0))
     assert np.allclose(again[again > -1], exact.scores(refined)[0][again > -1], atol=1e-5)
     assert (approximate.requery(refined)[0] > -1).sum() <= conf["rescore"] and len(reads) == 2  # nothing kept: search anew
+    # whole-photo queries' hubness reduction: the same densities, from every photo's stored regions read once
+    rows = np.array([3, 7, 3, 399])
+    assert np.allclose(approximate.density(rows, 10), exact.density(rows, 10), atol=1e-6)
+    approximate.density(np.array([5]), 10)
+    assert len(reads) == 3
+    too_many = ApproximateRegions([index], per_image, AUTO_EXACT_PHOTOS + 1, None, None, conf)
+    assert too_many.density(rows, 10) is None  # not read into memory at that size
 
 
 def test_the_cnn_flat_index_finds_the_k_best_of_exact_search_within_a_mask():

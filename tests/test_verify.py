@@ -6,7 +6,7 @@ from spotit import Index
 from spotit.evaluate import iou
 from spotit.local_features import LocalFeatures
 from spotit.matching import ratio_matches, ratio_matches_unit
-from spotit.verify import anisotropy, centre_weighted, map_box, plausible, rootsift, sound, verify
+from spotit.verify import anisotropy, centre_weighted, confs, map_box, plausible, rootsift, sound, verify
 
 
 def synthetic_pair(consistent: bool, n: int = 200, seed: int = 0):
@@ -64,6 +64,13 @@ def test_sound_rejects_slivers_self_crossing_quads_and_fits_outside_the_photo():
 def test_centre_weighted_counts_inliers_near_the_box_border_less():
     points = np.array([[50, 50], [48, 52], [2, 2], [98, 3]], np.float32)  # two central, two at corners
     assert centre_weighted(points, (100, 100)) == pytest.approx(2 + 2 * 0.25)
+
+
+def test_a_fit_of_the_box_border_alone_is_no_evidence():
+    border = np.array([[2, 2], [98, 3], [97, 96], [3, 60]] * 10, np.float32)  # 40 inliers, all near the edges
+    assert centre_weighted(border, (100, 100)) == 0.0
+    assert centre_weighted(border, (100, 100), confs["weighted"]) == pytest.approx(40 * 0.25)  # the step before
+    assert centre_weighted(np.vstack([border, [[50, 50]]]), (100, 100)) == pytest.approx(1 + 40 * 0.25)
 
 
 def test_matrix_product_matching_equals_brute_force_ratio_test():

@@ -38,14 +38,15 @@ confs = {
                 "confirm_from": 3, "confirm_alike": 0.35, "density_weight": 0.3, "density_k": 10},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
-confs["confirmed"] = {**confs["default"], "density_weight": 0.0}
+confs["hubness"] = {**confs["default"], "verify": "weighted"}
+confs["confirmed"] = {**confs["hubness"], "density_weight": 0.0}
 confs["expansion"] = {**confs["confirmed"], "confirm_from": None}
 confs["views"] = {**confs["expansion"], "qe_min_inliers": 15}
 confs["v0.1"] = {**confs["views"], "verify": "plain", "boxed_views": False, "seen_boxes": False}
 confs["no-qe"] = {**confs["v0.1"], "qe": 0}
 confs["upright"] = {**confs["no-qe"], "query_rotations": 1, "rotated_shortlist": 0}
 confs["shape"] = {**confs["v0.1"], "verify": "shape"}
-confs["centre"] = {**confs["v0.1"], "verify": "default"}
+confs["centre"] = {**confs["v0.1"], "verify": "weighted"}
 
 
 def query_views(conf: dict, boxed: bool) -> tuple[tuple[float, int], ...]:

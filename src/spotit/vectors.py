@@ -31,7 +31,7 @@ confs = {
               "train": 100_000},
 }
 CHOICES = ("auto", *confs)
-AUTO_EXACT_PHOTOS = 50_000  # exact search keeps 4 B x (regions + 1) x dims per photo in memory (+1: the wholes)
+AUTO_EXACT_PHOTOS = 50_000  # exact search keeps 4 B x (regions + 1) x dims per photo in memory (+1: Neighbourhood)
 ID_STRIDE = 16  # regions per photo at most
 ROW_BITS = 24  # rows per shard at most: 16.7M
 
@@ -152,8 +152,7 @@ class ExactRegions:
     def __init__(self, matrix: np.ndarray, per_image: int):
         self.per_image = per_image
         self.columns = np.ascontiguousarray(np.asarray(matrix, np.float32).reshape(-1, matrix.shape[-1]).T)
-        self.wholes = np.ascontiguousarray(self.columns[:, ::per_image])  # region 0: the whole photo
-        self._densities: dict[int, np.ndarray] = {}  # k -> each photo's density, NaN until a search asks
+        self.neighbourhood = Neighbourhood(self.columns[:, ::per_image])  # region 0: the whole photo
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         return region_scores(self.columns, self.per_image, vectors)
@@ -167,22 +166,32 @@ class ExactRegions:
         return self.columns[:, image * self.per_image : (image + 1) * self.per_image]
 
     def density(self, images: np.ndarray, k: int) -> np.ndarray:
-        """How alike each of `images` is to its `k` nearest other photos: the mean similarity of its
-        whole-photo descriptor (region 0) to theirs. Each photo's is computed once (the gallery of a
-        snapshot does not change) when a search first asks for it."""
-        known = self._densities.setdefault(k, np.full(self.wholes.shape[1], np.nan, np.float32))
-        missing = images[np.isnan(known[images])]
-        if len(missing):
-            known[missing] = self._nearest_mean(missing, k)
-        return known[images]
+        return self.neighbourhood.density(images, k)
 
-    def _nearest_mean(self, images: np.ndarray, k: int) -> np.ndarray:
+
+class Neighbourhood:
+    """How alike photos are to their nearest other photos, from every photo's whole-photo descriptor:
+    `wholes` is (D, photos). Each photo's density is computed once (a snapshot's gallery does not change),
+    when a search first asks for it."""
+
+    def __init__(self, wholes: np.ndarray):
+        self.wholes = np.ascontiguousarray(wholes, np.float32)
+        self._known: dict[int, np.ndarray] = {}  # k -> each photo's density, NaN until asked for
+
+    def density(self, images: np.ndarray, k: int) -> np.ndarray:
+        """The mean similarity of each of `images` to its `k` nearest other photos (all of them if fewer)."""
         k = min(k, self.wholes.shape[1] - 1)
         if k < 1:
             return np.zeros(len(images), np.float32)
-        sims = self.wholes[:, images].T @ self.wholes
-        nearest = -np.partition(-sims, k, axis=1)[:, : k + 1]  # itself among them, most alike of all
-        return (nearest.sum(axis=1) - nearest.max(axis=1)) / k
+        if k not in self._known:
+            self._known[k] = np.full(self.wholes.shape[1], np.nan, np.float32)
+        known = self._known[k]
+        missing = np.unique(images[np.isnan(known[images])])
+        if len(missing):
+            sims = self.wholes[:, missing].T @ self.wholes
+            sims[np.arange(len(missing)), missing] = -np.inf  # not its own neighbour
+            known[missing] = -np.partition(-sims, k - 1, axis=1)[:, :k].mean(axis=1)
+        return known[images]
 
 
 class ApproximateRegions:
@@ -196,6 +205,7 @@ class ApproximateRegions:
         self.indexes, self.per_image, self.images = indexes, per_image, images
         self.positions, self.read, self.conf = positions, read, conf
         self._last = threading.local()  # each search thread's last candidates and their regions (requery)
+        self._reading, self._neighbourhood = threading.Lock(), None  # see density
         for index in indexes:
             index.nprobe = conf["probe"]
 
@@ -235,9 +245,16 @@ class ApproximateRegions:
     def block(self, image: int) -> np.ndarray:
         return self.read(np.array([image]))[0].T
 
-    def density(self, images: np.ndarray, k: int) -> None:
-        """Not known: a photo's nearest neighbours would need a vector search of its own (see ExactRegions)."""
-        return None
+    def density(self, images: np.ndarray, k: int) -> np.ndarray | None:
+        """As ExactRegions', from every photo's stored whole-photo descriptor, read once; None above
+        AUTO_EXACT_PHOTOS, where those would not be held in memory."""
+        if self.images > AUTO_EXACT_PHOTOS:
+            return None
+        with self._reading:
+            if self._neighbourhood is None:
+                wholes = [self.read(np.arange(at, min(at + 4096, self.images)))[:, 0] for at in range(0, self.images, 4096)]
+                self._neighbourhood = Neighbourhood(np.concatenate(wholes).T)
+        return self._neighbourhood.density(images, k)
 
 
 def global_kind(choice: str, photos: int) -> str:

@@ -20,13 +20,16 @@ confs = {
     # (`min_inside`) within the photo. (A whole photo as query maps beyond a photo showing part of its scene.)
     # With a box, inliers in the box's inner `centre` part count fully and those nearer its border count
     # `border_weight`: a box around an object holds background at its edges, which matches other photos
-    # of the same place that lack the object.
+    # of the same place that lack the object. A fit with under `min_centre` inliers in the centre, where
+    # the object is, matched only those surroundings: it is no evidence at all.
     "default": {"ratio": 0.8, "min_matches": 6, "threshold": 0.012, "max_iters": 1000, "confidence": 0.999,
                 "check_shape": True, "max_anisotropy": 4.0, "max_depth_ratio": 3.0, "min_side": 24, "min_inside": 0.5,
-                "centre": 0.6, "border_weight": 0.25},
+                "centre": 0.6, "border_weight": 0.25, "min_centre": 1},
 }
-# steps of the ablation in benchmarks/ablation.py: spotit 0.1's verification, then the shape checks alone
-confs["shape"] = {**confs["default"], "border_weight": 1.0}
+# steps of the ablation in benchmarks/ablation.py: spotit 0.1's verification, the shape checks alone, then
+# the border discounted
+confs["weighted"] = {**confs["default"], "min_centre": 0}
+confs["shape"] = {**confs["weighted"], "border_weight": 1.0}
 confs["plain"] = {**confs["shape"], "check_shape": False}
 
 
@@ -103,10 +106,14 @@ def sound(transform: np.ndarray | None, query_size: tuple[float, float], gallery
 
 
 def centre_weighted(points: np.ndarray, query_size: tuple[float, float], conf: dict = confs["default"]) -> float:
-    """Inlier count with those near the border of the query box discounted (see confs)."""
+    """Inlier count with those near the border of the query box discounted, and none at all without
+    `min_centre` in its centre (see confs)."""
     width, height = query_size
     offset = np.maximum(np.abs(points[:, 0] / width - 0.5), np.abs(points[:, 1] / height - 0.5)) * 2
-    return float(np.where(offset < conf["centre"], 1.0, conf["border_weight"]).sum())
+    central = offset < conf["centre"]
+    if central.sum() < conf["min_centre"]:
+        return 0.0
+    return float(np.where(central, 1.0, conf["border_weight"]).sum())
 
 
 def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, query_size: tuple[float, float],
