@@ -13,6 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .verify import box_offset
+
 confs = {
     # The comparison runs at `side` px on the query box's longer side, both images blurred by `blur` px
     # there (small misalignments). A pixel agrees when the two are alike in a `window` px square around
@@ -59,8 +61,7 @@ def local_stats(a: np.ndarray, b: np.ndarray, window: int):
 def inner(shape: tuple[int, int], part: float) -> np.ndarray:
     """(h, w) mask of a box's inner `part`, by the larger of the two offsets from its centre (1 at the edge)."""
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
-    offset = np.maximum(np.abs((xs + 0.5) / shape[1] - 0.5), np.abs((ys + 0.5) / shape[0] - 0.5)) * 2
-    return offset < part
+    return box_offset(xs + 0.5, ys + 0.5, shape[1], shape[0]) < part  # pixel centres
 
 
 def agreement(query: np.ndarray, photo: np.ndarray, transform: np.ndarray, conf: dict = confs["default"],

@@ -105,12 +105,16 @@ def sound(transform: np.ndarray | None, query_size: tuple[float, float], gallery
     return inside >= conf["min_inside"] * area
 
 
+def box_offset(x, y, width: float, height: float):
+    """How far points (x, y) lie from the centre of a width x height box, by the larger of their two
+    normalised offsets: 0 at the centre, 1 on the edge."""
+    return np.maximum(np.abs(x / width - 0.5), np.abs(y / height - 0.5)) * 2
+
+
 def centre_weighted(points: np.ndarray, query_size: tuple[float, float], conf: dict = confs["default"]) -> float:
     """Inlier count with those near the border of the query box discounted, and none at all without
     `min_centre` in its centre (see confs)."""
-    width, height = query_size
-    offset = np.maximum(np.abs(points[:, 0] / width - 0.5), np.abs(points[:, 1] / height - 0.5)) * 2
-    central = offset < conf["centre"]
+    central = box_offset(points[:, 0], points[:, 1], *query_size) < conf["centre"]
     if central.sum() < conf["min_centre"]:
         return 0.0
     return float(np.where(central, 1.0, conf["border_weight"]).sum())
