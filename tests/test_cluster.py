@@ -144,6 +144,38 @@ def test_an_unreachable_ray_cluster_is_one_line_at_once(demo, tmp_path, capsys):
     assert time.perf_counter() - started < 30
 
 
+class SlowStartingRay:
+    """Ray whose local start fails `failures` times, as a raylet past its start-up window does."""
+
+    def __init__(self, failures):
+        self.failures, self.starts, self.shutdowns = failures, 0, 0
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **options):
+        self.starts += 1
+        if self.starts <= self.failures:
+            raise Exception("The current node timed out during startup. This could happen because...")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("failures, connected", [(1, True), (2, False)])
+def test_a_local_ray_that_fails_to_start_is_started_once_more(monkeypatch, failures, connected):
+    from spotit.cluster import ray_extract
+
+    fake = SlowStartingRay(failures)
+    monkeypatch.setattr(ray_extract, "require", lambda name, option: fake)
+    if connected:
+        assert ray_extract.connect("local", 2) == (fake, True)
+    else:
+        with pytest.raises(SpotitError, match=r"^cannot connect to Ray at local: The current node timed out"):
+            ray_extract.connect("local", 2)
+    assert fake.starts == min(failures + 1, ray_extract.LOCAL_STARTS) and fake.shutdowns == failures
+
+
 def test_without_ray_the_update_falls_back_to_threads(demo, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     index = Index.create(tmp_path / "index", demo["gallery"], ["cnn"])

@@ -21,6 +21,7 @@ from ..errors import BackendError
 from ..extractors import Extractors
 from . import first_line, public, require
 
+LOCAL_STARTS = 2  # a local Ray that fails to start is started afresh once more
 BATCH = 4  # photos per task: small, so a worker that dies loses little and the writer commits steadily
 
 
@@ -64,15 +65,20 @@ def connect(address: str, workers: int):
         return ray, False
     check_reachable(address)
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    # A local raylet can miss Ray's fixed 30 s start-up window on a busy machine.
+    attempts = LOCAL_STARTS if address == "local" else 1
     with own_signal_handlers():
-        try:
-            if address == "local":
-                ray.init(num_cpus=workers, **options)
-            else:
-                ray.init(address=address, **options)
-        except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
-            raise BackendError(f"cannot connect to Ray at {address}: {first_line(exc)}") from None
-    return ray, True
+        for attempt in range(1, attempts + 1):
+            try:
+                if address == "local":
+                    ray.init(num_cpus=workers, **options)
+                else:
+                    ray.init(address=address, **options)
+                return ray, True
+            except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
+                ray.shutdown()  # what a failed start left running
+                if attempt == attempts:
+                    raise BackendError(f"cannot connect to Ray at {address}: {first_line(exc)}") from None
 
 
 def check_reachable(address: str, timeout: float = 5) -> None:
