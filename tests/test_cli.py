@@ -1,4 +1,5 @@
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,8 +115,13 @@ def test_command_line_entry_point_prints_no_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr and "spotit index GALLERY" in result.stderr
 
 
-def test_demo_command_finds_the_cup_and_writes_the_grid(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+def test_demo_command_finds_the_cup_and_writes_the_grid(tmp_path, capsys, monkeypatch):
+    assert main(["demo", "--out", str(tmp_path / "my demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "3 of the 3 photos with the pasted cup are in the top 3" in out
-    assert (tmp_path / "demo" / "demo-grid.png").stat().st_size > 10_000
+    assert (tmp_path / "my demo" / "demo-grid.png").stat().st_size > 10_000
+    # the search it suggests runs as printed (quoted for the shell)
+    suggested = shlex.split(out.split("search it yourself: ", 1)[1].splitlines()[0])
+    monkeypatch.chdir(tmp_path)
+    assert suggested[0] == "spotit" and main([*suggested[1:], "--quiet"]) == 0
+    assert "cup-" in capsys.readouterr().out and (tmp_path / "grid.png").is_file()

@@ -142,6 +142,15 @@ def test_an_unreachable_ray_cluster_is_one_line_at_once(demo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach Ray" in err and "Traceback" not in err
     assert time.perf_counter() - started < 30
+    assert not (tmp_path / "idx").exists()  # said before any work
+
+
+def test_a_named_ray_cluster_without_ray_installed_is_one_line_before_any_work(demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet", "--ray", "head:6379"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--ray head:6379 needs ray" in err and "pip install" in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()
 
 
 class SlowStartingRay:

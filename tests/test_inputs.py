@@ -208,6 +208,18 @@ def test_truncated_png_is_refused_not_half_grey(tmp_path):
         load_image(tmp_path / "cut.png")
 
 
+def test_a_jpeg_with_damaged_data_is_refused_without_noise_on_stderr(tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(tmp_path / "full.jpg", quality=90)
+    data = bytearray((tmp_path / "full.jpg").read_bytes())
+    third = len(data) // 3
+    data[third: 2 * third] = rng.integers(0, 256, third, dtype=np.uint8).tobytes()  # the header stays whole
+    (tmp_path / "garbled.jpg").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"garbled.jpg: damaged JPEG data \(broken data stream"):
+        load_image(tmp_path / "garbled.jpg")
+    assert capfd.readouterr().err == ""  # OpenCV's libjpeg would have printed "Corrupt JPEG data" here
+
+
 # ---- the pixel limit -------------------------------------------------------------------------------
 
 

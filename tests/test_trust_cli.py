@@ -71,12 +71,14 @@ def test_rebuild_help_says_what_it_deletes(capsys):
         (["search", "--queries", "QUERIES", "--box", "1,2,3,4"], "--box applies to a single QUERY"),
         (["search", "--queries", "QUERIES", "--boxes", "MISSING"], "box folder not found"),
         (["search"], "give a QUERY"),
+        (["search", "INDEX", "QUERY", "--box", "1,2,3,4"], "is a folder, not a photo: give an index with --index"),
         (["search", "QUERY", "--top", "0"], None),
     ],
 )
 def test_an_option_that_cannot_apply_is_an_error(demo_index, demo, batch, tmp_path, capsys, argv, message):
     queries, boxes = batch
-    names = {"QUERY": str(demo["query"]), "QUERIES": str(queries), "BOXES": str(boxes), "MISSING": str(tmp_path / "missing")}
+    names = {"QUERY": str(demo["query"]), "QUERIES": str(queries), "BOXES": str(boxes), "MISSING": str(tmp_path / "missing"),
+             "INDEX": str(demo_index.store.root)}
     argv = [names.get(a, a) for a in argv] + ["--index", str(demo_index.store.root)]
     if message is None:  # argparse's own refusal
         with pytest.raises(SystemExit) as stop:
@@ -85,6 +87,15 @@ def test_an_option_that_cannot_apply_is_an_error(demo_index, demo, batch, tmp_pa
         return
     assert main(argv) == 2
     assert message in one_line_error(capsys)
+
+
+def test_a_folder_that_is_no_index_says_how_to_make_one(demo, tmp_path, capsys):
+    gallery = str(demo["gallery"])
+    assert main(["search", str(demo["query"]), "--index", gallery]) == 2
+    assert f"a folder of other files: give the folder that `spotit index` wrote the index to, or index this one " \
+           f"with `spotit index {gallery} --index NEW_FOLDER`" in one_line_error(capsys)
+    assert main(["search", str(demo["query"]), "--index", str(tmp_path / "none")]) == 2
+    assert f"build one with `spotit index GALLERY --index {tmp_path / 'none'}`" in one_line_error(capsys)
 
 
 def test_a_box_with_negative_coordinates_needs_no_equals_sign(demo_index, demo, capsys):
@@ -208,16 +219,20 @@ def test_a_closed_output_pipe_never_loses_the_rank_list(demo_index, batch, tmp_p
         (["--queries", "QUERIES", "--ranklist", "FOLDER"], "is a folder"),
         (["--queries", "QUERIES", "--ranklist", "AFILE/r.txt"], "cannot write --ranklist"),
         (["--queries", "QUERIES", "--grid", "AFILE"], "is a file, not a folder"),
+        (["QUERY", "--grid", "MISSING/grid.png"], "there is no folder"),  # as `>`: a mistyped folder is not made
+        (["--queries", "QUERIES", "--ranklist", "MISSING/r.txt"], "there is no folder"),
     ],
 )
 def test_an_unwritable_target_is_a_one_line_error_before_any_work(demo, batch, tmp_path, capsys, extra, message):
     afile = tmp_path / "afile"
     afile.write_text("x")
     names = {"QUERY": str(demo["query"]), "QUERIES": str(batch[0]), "FOLDER": str(tmp_path), "AFILE": str(afile)}
-    argv = ["search", *[names.get(a, a.replace("AFILE", str(afile))) for a in extra]]
+    argv = ["search", *[names.get(a, a.replace("AFILE", str(afile)).replace("MISSING", str(tmp_path / "missing")))
+                        for a in extra]]
     # no index exists here: an error about the target proves it came before any work
     assert main([*argv, "--index", str(tmp_path / "no-index")]) == 2
     assert message in one_line_error(capsys)
+    assert not (tmp_path / "missing").exists()
 
 
 # ---- inputs ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -92,6 +93,10 @@ positive_int = number_type(lambda text: int(text.replace("_", "").replace(",", "
 port_number = number_type(int, "a port number", 0, 65535)
 
 
+def images(count: int) -> str:
+    return f"{count} image" + ("" if count == 1 else "s")
+
+
 # ---- spotit index ----------------------------------------------------------------------------------
 def cmd_index(args) -> int:
     index_dir = check_output_dir(args.index or default_index_dir(), "index folder")
@@ -100,6 +105,12 @@ def cmd_index(args) -> int:
     check_watch_args(args)
     if args.no_exclude and args.exclude:
         raise SpotitError("give either --exclude or --no-exclude, not both")
+    if args.ray not in (None, "local"):  # a named cluster that cannot serve is said before any work
+        from .cluster import require
+        from .cluster.ray_extract import check_reachable
+
+        require("ray", f"--ray {args.ray}")
+        check_reachable(args.ray)
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
                                  rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors,
                                  catalogue=args.catalogue, exclude=[] if args.no_exclude else args.exclude)
@@ -107,12 +118,12 @@ def cmd_index(args) -> int:
         report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels, ray=args.ray)
     except KeyboardInterrupt:
         saved = len(Index.open(index.store.root))
-        eprint(f"interrupted: {saved} images are saved in {index.store.root}; run the same command to resume")
+        eprint(f"interrupted: {images(saved)} saved in {index.store.root}; run the same command to resume")
         return 130
     where = f"; {shortlist_place(index.store.learned)}" if "regional" in index.methods and len(index) else ""
     if describe(index.store.catalogue) != "sqlite":
         where += f"; catalogue in {index.store.catalogue}"
-    say(f"index {index.store.root}: {len(index)} images ({', '.join(index.methods)}; backbone {index.manifest['backbone']}{where})")
+    say(f"index {index.store.root}: {images(len(index))} ({', '.join(index.methods)}; backbone {index.manifest['backbone']}{where})")
     say(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
     if report.processed:
         say(f"  {report.images_per_s:.1f} images/s")
@@ -135,7 +146,7 @@ def watch_gallery(index: Index, args) -> int:
         report = index.update(progress=False, wait=True, max_pixels=args.max_pixels)
         if report.added or report.updated or report.removed or report.skipped:
             say(f"{time.strftime('%H:%M:%S')}  {report.added} added, {report.updated} re-extracted, {report.removed} "
-                f"removed{f', {len(report.skipped)} skipped' if report.skipped else ''}; {len(index)} images")
+                f"removed{f', {len(report.skipped)} skipped' if report.skipped else ''}; {images(len(index))}")
 
     watcher = Watcher(index.gallery, update, args.watch_settle, args.watch_poll,
                       on_error=lambda exc: eprint(f"update failed, retried at the next change: {exc}"))
@@ -199,6 +210,10 @@ def check_search_args(args) -> None:
         for option in ("boxes", "ranklist"):
             if getattr(args, option) is not None:
                 raise SpotitError(f"--{option} applies to batch mode only: add --queries QUERY_DIR")
+        for path in args.query:
+            if Path(path).is_dir():
+                raise SpotitError(f"{path} is a folder, not a photo: give an index with --index {path}, "
+                                  f"a folder of query photos with --queries {path}")
         if len(args.query) > 1 and args.box and len(args.box) != len(args.query):
             raise SpotitError(f"{len(args.query)} query photos and {len(args.box)} --box: give one --box per photo, in "
                               f"the same order (--box whole: the whole photo), or none")
@@ -260,6 +275,8 @@ def search_batch(args) -> int:
     index = Index.open(args.index, args.weights)
     args.method = args.method or index.default_method
     queries = find_queries(args.queries)
+    if args.grid:
+        Path(args.grid).mkdir(parents=True, exist_ok=True)
     lines, failed, report = [], [], []
     for name, path in queries:
         try:
@@ -312,7 +329,7 @@ def cmd_demo(args) -> int:
     say(f"demo gallery: {made['gallery']} ({sum(1 for _ in made['gallery'].iterdir())} photos)")
     index = Index.open_or_create(args.out / "index", made["gallery"], [args.method], rebuild=True)
     report = index.update(progress=not args.quiet)
-    say(f"indexed {report.processed} images, {report.images_per_s:.1f} images/s")
+    say(f"indexed {images(report.processed)}, {report.images_per_s:.1f} images/s")
     image = as_image(made["query"])
     boxes = [made["box"]]
     results = index.search(image, boxes, method=args.method, top=10)
@@ -321,6 +338,8 @@ def cmd_demo(args) -> int:
     say(f"{found} of the {len(made['relevant'])} photos with the pasted cup are in the top {len(made['relevant'])}")
     grid = save_grid(args.out / "demo-grid.png", image, boxes, results)
     say(f"grid written to {grid}")
+    say(f"search it yourself: spotit search {shlex.quote(str(made['query']))} --box "
+        f"{','.join(map(str, made['box']))} --index {shlex.quote(str(args.out / 'index'))} --grid grid.png")
     return 0
 
 
@@ -479,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_arg(p)
     p.add_argument("--method", default=DEFAULT_METHOD, choices=[*METHODS, "all"],
                    help=f"search methods the index serves (default: {DEFAULT_METHOD}, which also serves regional); all: every method")
-    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
+    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs),
+                   help=f"CNN backbone (default: {backbones.DEFAULT_BACKBONE})")
     p.add_argument("--weights", type=Path, help="weights file for the backbone (resnet18: torchvision's resnet18-f37072fd.pth)")
     p.add_argument("--rebuild", action="store_true",
                    help="empty the index and extract every photo again; deletes only spotit's own files in the "
@@ -489,9 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "features of photos whose size and time are unchanged")
     p.add_argument("--wait", action="store_true", help="if another update of this index is running, wait for it instead of stopping")
     p.add_argument("--vectors", metavar="KIND_OR_URI",
-                   help="where the region shortlist searches: faiss, inside the index (the default), as auto (exact up to "
-                        f"{vectors.AUTO_EXACT_PHOTOS:,} photos, then ivfpq), exact (every region in memory) or ivfpq (IVF "
-                        "with PQ codes, best candidates re-scored exactly); or Milvus: a Milvus Lite file (PATH.db, one "
+                   help="where the region shortlist searches. In faiss, inside the index: auto (the default; also "
+                        f"called faiss: exact up to {vectors.AUTO_EXACT_PHOTOS:,} photos, then ivfpq), exact (every "
+                        "region in memory) or ivfpq (IVF with PQ codes, best candidates re-scored exactly). Or in "
+                        "Milvus: a Milvus Lite file (PATH.db, one "
                         "process at a time) or a server (http://host:19530). Recorded in the index: searches and "
                         "`spotit serve` need no flag. The cnn method's descriptors follow it: exact in memory, else "
                         "a faiss flat index of float16 codes (also beside Milvus). Milvus needs pip install 'spotit[cluster]'")
@@ -572,11 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no log line per request")
 
     p = subcommand(sub, "eval", "measure quality and speed on a benchmark set",
-                   "Index a benchmark set (cached), run every query and print mAP, precision, N-S and speed.", cmd_eval)
+                   "Index a benchmark set (cached), run every query and print mAP, precision, N-S and speed; on a set "
+                   "that knows where each object is (`spotit bench make-clutter`'s placements.json), also how often "
+                   "a verified result's box overlaps it (IoU >= 0.5) and how many wrong results carry a box.", cmd_eval)
     p.add_argument("dataset", type=Path, help="benchmark folder (images/+groundtruth.json, assignment layout, or revisited Oxford/Paris)")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"ranking method (default: {DEFAULT_METHOD})")
     p.add_argument("--index", type=Path, default=None, help="index folder (default: one per dataset in the cache folder)")
-    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs), help="CNN backbone")
+    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=list(backbones.confs),
+                   help=f"CNN backbone (default: {backbones.DEFAULT_BACKBONE})")
     p.add_argument("--max-queries", type=positive_int, default=None, metavar="N", help="evaluate at most N queries, evenly spread (slow methods)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON holding every figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -71,7 +71,6 @@ def write_output(path: str | os.PathLike, data: bytes) -> None:
         with open(target, "wb") as out:
             out.write(data)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, data, stat.S_IMODE(existing.st_mode) if existing is not None else None)
 
 
@@ -100,7 +99,10 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
         raise SpotitError(f"{what} {path} is a folder; give a file name")
     if path.exists() and not path.is_file():
         return path  # a device or FIFO: written into, as `>` would
-    _probe_writable(_first_existing(Path(os.path.realpath(path)).parent), what, path)
+    folder = Path(os.path.realpath(path)).parent
+    if not folder.exists():  # as `>`: a mistyped folder is not made
+        raise SpotitError(f"cannot write {what} {path}: there is no folder {folder}")
+    _probe_writable(folder, what, path)
     return path
 
 

@@ -220,8 +220,10 @@ def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None, at_
         except (rawpy.LibRawError, ValueError, OSError) as exc:
             reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
             raise ImageError(f"{path}: unreadable camera raw file ({reason or type(exc).__name__})") from None
+    opened_as = None
     try:
         with Image.open(file) as img:  # reads the header only; stands on the first frame
+            opened_as = img.format
             _check_pixels(path, *img.size, max_pixels)
             if at_least:
                 img.draft(img.mode, (at_least, at_least))  # JPEG only; others decode whole
@@ -229,6 +231,8 @@ def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None, at_
             return _pillow_to_rgb(_upright(img))
     except _DECODE_ERRORS as exc:
         reason = _pillow_reason(exc)
+    if opened_as == "JPEG":  # OpenCV's libjpeg would decode the damaged part as noise, with warnings on stderr
+        raise ImageError(f"{path}: damaged JPEG data ({reason})")
     size = _tiff_size(file)  # TIFFs that Pillow cannot open (float RGB, ...) still tell their size
     if size is not None:
         _check_pixels(path, *size, max_pixels)

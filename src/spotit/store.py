@@ -136,6 +136,10 @@ class Store:
         if manifest is None:
             if root.is_dir() and ((root / MANIFEST).is_file() or catalogue_at(root).exists()):
                 raise SpotitError(f"{root} holds a {MANIFEST} or catalogue that is not a spotit index's")
+            if root.is_dir() and any(root.iterdir()):  # a gallery given for its index, say
+                raise SpotitError(f"no index at {root}, a folder of other files: give the folder that `spotit "
+                                  f"index` wrote the index to, or index this one with `spotit index {root} "
+                                  f"--index NEW_FOLDER`")
             raise SpotitError(f"no index at {root}: build one with `spotit index GALLERY --index {root}`")
         if manifest.get("format") != FORMAT:
             raise SpotitError(
