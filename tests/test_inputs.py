@@ -218,6 +218,9 @@ def test_a_jpeg_with_damaged_data_is_refused_without_noise_on_stderr(tmp_path, c
     with pytest.raises(ImageError, match=r"garbled.jpg: damaged JPEG data \(broken data stream"):
         load_image(tmp_path / "garbled.jpg")
     assert capfd.readouterr().err == ""  # OpenCV's libjpeg would have printed "Corrupt JPEG data" here
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"cut.jpg: truncated \(the file ends before the image does\)$"):
+        load_image(tmp_path / "cut.jpg")
 
 
 # ---- the pixel limit -------------------------------------------------------------------------------

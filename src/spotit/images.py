@@ -232,7 +232,7 @@ def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None, at_
     except _DECODE_ERRORS as exc:
         reason = _pillow_reason(exc)
     if opened_as == "JPEG":  # OpenCV's libjpeg would decode the damaged part as noise, with warnings on stderr
-        raise ImageError(f"{path}: damaged JPEG data ({reason})")
+        raise ImageError(f"{path}: " + (reason if reason.startswith("truncated") else f"damaged JPEG data ({reason})"))
     size = _tiff_size(file)  # TIFFs that Pillow cannot open (float RGB, ...) still tell their size
     if size is not None:
         _check_pixels(path, *size, max_pixels)
