@@ -210,6 +210,14 @@ def _results(tmp_path, names):
     ]
 
 
+def test_a_grid_is_as_wide_as_its_results_need(tmp_path):
+    query = np.zeros((80, 80, 3), np.uint8)
+    caption = caption_height()
+    for results, shape in [(0, (1, 1)), (3, (1, 4)), (5, (1, 6)), (8, (2, 6))]:
+        sheet = render_grid(query, [(10, 10, 40, 40)], _results(tmp_path, ["n"] * results))
+        assert sheet.size == (shape[1] * TILE, shape[0] * (TILE + caption)), results
+
+
 def test_a_caption_changes_no_pixel_outside_its_own_cell(tmp_path):
     """Change one result's name: only that result's caption box may change. Long names in the first row would
     spill right into the neighbour's caption, or down into the second row's tiles."""

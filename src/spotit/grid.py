@@ -194,11 +194,12 @@ def render_grid(query: np.ndarray, boxes: list[Box], results, top: int = 10) -> 
     font, codepoints = caption_font()
     caption = caption_height(font)
     cells = 1 + len(results)
-    rows = -(-cells // COLUMNS)
-    sheet = Image.new("RGB", (COLUMNS * TILE, rows * (TILE + caption)), (255, 255, 255))
+    columns = min(cells, COLUMNS)  # a few results (--matches) make a narrow picture, not a mostly blank one
+    rows = -(-cells // columns)
+    sheet = Image.new("RGB", (columns * TILE, rows * (TILE + caption)), (255, 255, 255))
 
     def place(cell: int, tile: Image.Image, lines: list[str], colour=(0, 0, 0)):
-        x, y = (cell % COLUMNS) * TILE, (cell // COLUMNS) * (TILE + caption)
+        x, y = (cell % columns) * TILE, (cell // columns) * (TILE + caption)
         sheet.paste(tile, (x, y))
         sheet.paste(_caption(lines, colour, font, caption), (x, y + TILE))
 
