@@ -154,10 +154,11 @@ def test_a_named_ray_cluster_without_ray_installed_is_one_line_before_any_work(d
 
 
 class SlowStartingRay:
-    """Ray whose local start fails `failures` times, as a raylet past its start-up window does."""
+    """Ray whose local start fails `failures` times, as a raylet past its start-up window does: each failed
+    start leaves a process running (its GCS server, say), which Ray's shutdown does not know of."""
 
     def __init__(self, failures):
-        self.failures, self.starts, self.shutdowns = failures, 0, 0
+        self.failures, self.starts, self.shutdowns, self.left = failures, 0, 0, []
 
     def is_initialized(self):
         return False
@@ -165,6 +166,7 @@ class SlowStartingRay:
     def init(self, **options):
         self.starts += 1
         if self.starts <= self.failures:
+            self.left.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
             raise Exception("The current node timed out during startup. This could happen because...")
 
     def shutdown(self):
@@ -173,6 +175,7 @@ class SlowStartingRay:
 
 @pytest.mark.parametrize("failures, connected", [(1, True), (2, False)])
 def test_a_local_ray_that_fails_to_start_is_started_once_more(monkeypatch, failures, connected):
+    pytest.importorskip("psutil")
     from spotit.cluster import ray_extract
 
     fake = SlowStartingRay(failures)
@@ -183,6 +186,7 @@ def test_a_local_ray_that_fails_to_start_is_started_once_more(monkeypatch, failu
         with pytest.raises(SpotitError, match=r"^cannot connect to Ray at local: The current node timed out"):
             ray_extract.connect("local", 2)
     assert fake.starts == min(failures + 1, ray_extract.LOCAL_STARTS) and fake.shutdowns == failures
+    assert len(fake.left) == failures and all(process.poll() is not None for process in fake.left)  # all ended
 
 
 def test_without_ray_the_update_falls_back_to_threads(demo, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Every decodable image is loaded with its true content; everything else is skipped, fast, with a reason."""
 
+import io
 import os
 import socket
 import struct
@@ -208,17 +209,36 @@ def test_truncated_png_is_refused_not_half_grey(tmp_path):
         load_image(tmp_path / "cut.png")
 
 
-def test_a_jpeg_with_damaged_data_is_refused_without_noise_on_stderr(tmp_path, capfd):
+def damaged(data: bytes, seed: int) -> bytes:
+    """`data` with random bytes over a sixth of it past the headers."""
+    garbled, sixth = bytearray(data), len(data) // 6
+    garbled[sixth: 2 * sixth] = np.random.default_rng(seed).integers(0, 256, sixth, dtype=np.uint8).tobytes()
+    return bytes(garbled)
+
+
+def pillow_refuses(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "MPO"])  # MPO: a JPEG holding more pictures, as phones write them
+def test_a_jpeg_with_damaged_data_is_refused_without_noise_on_stderr(tmp_path, capfd, kind):
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(tmp_path / "full.jpg", quality=90)
-    data = bytearray((tmp_path / "full.jpg").read_bytes())
-    third = len(data) // 3
-    data[third: 2 * third] = rng.integers(0, 256, third, dtype=np.uint8).tobytes()  # the header stays whole
-    (tmp_path / "garbled.jpg").write_bytes(bytes(data))
-    with pytest.raises(ImageError, match=r"garbled.jpg: damaged JPEG data \(broken data stream"):
+    frames = [Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)) for _ in range(2)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, kind, quality=90, **({"save_all": True, "append_images": frames[1:]} if kind == "MPO" else {}))
+    data = buffer.getvalue()
+    # damage that Pillow's libjpeg gives up on (some garbles it decodes as noise, like any JPEG reader)
+    garbled = next(g for g in (damaged(data, seed) for seed in range(50)) if pillow_refuses(g))
+    (tmp_path / "garbled.jpg").write_bytes(garbled)
+    with pytest.raises(ImageError, match=r"garbled.jpg: damaged JPEG data \("):
         load_image(tmp_path / "garbled.jpg")
     assert capfd.readouterr().err == ""  # OpenCV's libjpeg would have printed "Corrupt JPEG data" here
-    (tmp_path / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[: len(data) // 2])
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match=r"cut.jpg: truncated \(the file ends before the image does\)$"):
         load_image(tmp_path / "cut.jpg")
 

@@ -94,8 +94,12 @@ def test_a_folder_that_is_no_index_says_how_to_make_one(demo, tmp_path, capsys):
     assert main(["search", str(demo["query"]), "--index", gallery]) == 2
     assert f"a folder of other files: give the folder that `spotit index` wrote the index to, or index this one " \
            f"with `spotit index {gallery} --index NEW_FOLDER`" in one_line_error(capsys)
-    assert main(["search", str(demo["query"]), "--index", str(tmp_path / "none")]) == 2
-    assert f"build one with `spotit index GALLERY --index {tmp_path / 'none'}`" in one_line_error(capsys)
+    leftovers = tmp_path / "refused"  # what a refused first `spotit index` leaves is no "other files"
+    leftovers.mkdir()
+    (leftovers / "write.lock").touch()
+    for folder in (tmp_path / "none", leftovers):
+        assert main(["search", str(demo["query"]), "--index", str(folder)]) == 2
+        assert f"build one with `spotit index GALLERY --index {folder}`" in one_line_error(capsys)
 
 
 def test_a_box_with_negative_coordinates_needs_no_equals_sign(demo_index, demo, capsys):
@@ -293,6 +297,9 @@ def test_outputs_are_written_through_symlinks_fifos_and_hard_links(demo_index, b
     assert main([*base, str(fifo)]) == 0
     reader.join(timeout=60)
     assert stat.S_ISFIFO(fifo.stat().st_mode) and received and received[0].startswith("Q1: ")
+    (tmp_path / "grids").symlink_to(tmp_path / "made" / "grids")  # a batch's --grid folder through a link: made
+    assert main([*base, str(tmp_path / "r.txt"), "--grid", str(tmp_path / "grids")]) == 0
+    assert sorted(p.name for p in (tmp_path / "made" / "grids").iterdir()) == ["1.png", "2.png"]
 
 
 def test_demo_into_an_unwritable_place_is_a_one_line_error(tmp_path, capsys):

@@ -93,7 +93,7 @@ positive_int = number_type(lambda text: int(text.replace("_", "").replace(",", "
 port_number = number_type(int, "a port number", 0, 65535)
 
 
-def images(count: int) -> str:
+def count_images(count: int) -> str:
     return f"{count} image" + ("" if count == 1 else "s")
 
 
@@ -110,6 +110,7 @@ def cmd_index(args) -> int:
         from .cluster.ray_extract import check_reachable
 
         require("ray", f"--ray {args.ray}")
+        require("ray.data", f"--ray {args.ray}")
         check_reachable(args.ray)
     index = Index.open_or_create(index_dir, args.gallery, parse_methods(args.method), args.backbone, args.weights,
                                  rebuild=args.rebuild, moved=args.moved, wait=args.wait, vectors=args.vectors,
@@ -118,12 +119,12 @@ def cmd_index(args) -> int:
         report = index.update(progress=not args.quiet, wait=args.wait, max_pixels=args.max_pixels, ray=args.ray)
     except KeyboardInterrupt:
         saved = len(Index.open(index.store.root))
-        eprint(f"interrupted: {images(saved)} saved in {index.store.root}; run the same command to resume")
+        eprint(f"interrupted: {count_images(saved)} saved in {index.store.root}; run the same command to resume")
         return 130
     where = f"; {shortlist_place(index.store.learned)}" if "regional" in index.methods and len(index) else ""
     if describe(index.store.catalogue) != "sqlite":
         where += f"; catalogue in {index.store.catalogue}"
-    say(f"index {index.store.root}: {images(len(index))} ({', '.join(index.methods)}; backbone {index.manifest['backbone']}{where})")
+    say(f"index {index.store.root}: {count_images(len(index))} ({', '.join(index.methods)}; backbone {index.manifest['backbone']}{where})")
     say(f"  {report.added} added, {report.updated} re-extracted, {report.removed} removed, {report.unchanged} unchanged")
     if report.processed:
         say(f"  {report.images_per_s:.1f} images/s")
@@ -146,7 +147,7 @@ def watch_gallery(index: Index, args) -> int:
         report = index.update(progress=False, wait=True, max_pixels=args.max_pixels)
         if report.added or report.updated or report.removed or report.skipped:
             say(f"{time.strftime('%H:%M:%S')}  {report.added} added, {report.updated} re-extracted, {report.removed} "
-                f"removed{f', {len(report.skipped)} skipped' if report.skipped else ''}; {images(len(index))}")
+                f"removed{f', {len(report.skipped)} skipped' if report.skipped else ''}; {count_images(len(index))}")
 
     watcher = Watcher(index.gallery, update, args.watch_settle, args.watch_poll,
                       on_error=lambda exc: eprint(f"update failed, retried at the next change: {exc}"))
@@ -212,7 +213,7 @@ def check_search_args(args) -> None:
                 raise SpotitError(f"--{option} applies to batch mode only: add --queries QUERY_DIR")
         for path in args.query:
             if Path(path).is_dir():
-                raise SpotitError(f"{path} is a folder, not a photo: give an index with --index {path}, "
+                raise SpotitError(f"{path} is a folder, not a photo: give an index with --index {path}, or "
                                   f"a folder of query photos with --queries {path}")
         if len(args.query) > 1 and args.box and len(args.box) != len(args.query):
             raise SpotitError(f"{len(args.query)} query photos and {len(args.box)} --box: give one --box per photo, in "
@@ -276,7 +277,7 @@ def search_batch(args) -> int:
     args.method = args.method or index.default_method
     queries = find_queries(args.queries)
     if args.grid:
-        Path(args.grid).mkdir(parents=True, exist_ok=True)
+        Path(os.path.realpath(args.grid)).mkdir(parents=True, exist_ok=True)  # a link to a folder to be: made
     lines, failed, report = [], [], []
     for name, path in queries:
         try:
@@ -329,7 +330,7 @@ def cmd_demo(args) -> int:
     say(f"demo gallery: {made['gallery']} ({sum(1 for _ in made['gallery'].iterdir())} photos)")
     index = Index.open_or_create(args.out / "index", made["gallery"], [args.method], rebuild=True)
     report = index.update(progress=not args.quiet)
-    say(f"indexed {images(report.processed)}, {report.images_per_s:.1f} images/s")
+    say(f"indexed {count_images(report.processed)}, {report.images_per_s:.1f} images/s")
     image = as_image(made["query"])
     boxes = [made["box"]]
     results = index.search(image, boxes, method=args.method, top=10)

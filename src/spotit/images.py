@@ -231,7 +231,9 @@ def _decode(file: BinaryIO, path: str | os.PathLike, max_pixels: int | None, at_
             return _pillow_to_rgb(_upright(img))
     except _DECODE_ERRORS as exc:
         reason = _pillow_reason(exc)
-    if opened_as == "JPEG":  # OpenCV's libjpeg would decode the damaged part as noise, with warnings on stderr
+    # a JPEG (MPO: one holding more pictures, as phones write) that libjpeg gave up on: OpenCV's libjpeg
+    # would decode the damaged part as noise, with warnings on stderr
+    if opened_as in ("JPEG", "MPO"):
         raise ImageError(f"{path}: " + (reason if reason.startswith("truncated") else f"damaged JPEG data ({reason})"))
     size = _tiff_size(file)  # TIFFs that Pillow cannot open (float RGB, ...) still tell their size
     if size is not None:

@@ -94,13 +94,16 @@ def check_index_folder(root: Path, locked: bool = False) -> None:
         return
     names = {p.name: p for p in root.iterdir()}
     creating = not locked and LOCK_FILE in names and is_our_lock(names[LOCK_FILE])
-    # a write lock and temporary files are what a creation in progress (or a refused one) leaves
-    if any(not (TEMPORARY_NAME.fullmatch(name) or (name == LOCK_FILE and is_our_lock(path))
-                or (creating and name in (CATALOGUE_FILE, *SIDE_FILES))) for name, path in names.items()):
+    if any(not (ours(path) or (creating and name in (CATALOGUE_FILE, *SIDE_FILES))) for name, path in names.items()):
         raise SpotitError(
             f"{root} is not a spotit index and is not empty; give a new or empty folder as --index "
             f"(spotit never writes among other files)"
         )
+
+
+def ours(path: Path) -> bool:
+    """A write lock or temporary file of spotit's: what a creation in progress (or a refused one) leaves."""
+    return bool(TEMPORARY_NAME.fullmatch(path.name)) or (path.name == LOCK_FILE and is_our_lock(path))
 
 
 def is_our_lock(path: Path) -> bool:
@@ -136,7 +139,7 @@ class Store:
         if manifest is None:
             if root.is_dir() and ((root / MANIFEST).is_file() or catalogue_at(root).exists()):
                 raise SpotitError(f"{root} holds a {MANIFEST} or catalogue that is not a spotit index's")
-            if root.is_dir() and any(root.iterdir()):  # a gallery given for its index, say
+            if root.is_dir() and any(not ours(path) for path in root.iterdir()):  # a gallery given for its index, say
                 raise SpotitError(f"no index at {root}, a folder of other files: give the folder that `spotit "
                                   f"index` wrote the index to, or index this one with `spotit index {root} "
                                   f"--index NEW_FOLDER`")

@@ -69,6 +69,7 @@ def connect(address: str, workers: int):
     attempts = LOCAL_STARTS if address == "local" else 1
     with own_signal_handlers():
         for attempt in range(1, attempts + 1):
+            before = descendants()
             try:
                 if address == "local":
                     ray.init(num_cpus=workers, **options)
@@ -76,9 +77,36 @@ def connect(address: str, workers: int):
                     ray.init(address=address, **options)
                 return ray, True
             except Exception as exc:  # ConnectionError, RuntimeError, ValueError... from Ray: said in one line
-                ray.shutdown()  # what a failed start left running
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                end_processes_since(before)
                 if attempt == attempts:
                     raise BackendError(f"cannot connect to Ray at {address}: {first_line(exc)}") from None
+
+
+def descendants() -> set:
+    """This process's child processes, theirs and so on (psutil.Process objects; none without psutil)."""
+    try:
+        import psutil
+    except ImportError:  # Ray installed without spotit's cluster extra
+        return set()
+    return set(psutil.Process().children(recursive=True))
+
+
+def end_processes_since(before: set, timeout: float = 10) -> None:
+    """End the processes started since `before` (descendants()): a failed local start leaves its GCS server
+    and raylet running, which ray.shutdown() does not know of when the node never came up."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    started = [process for process in descendants() if process not in before]
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    for process in psutil.wait_procs(started, timeout=timeout)[1]:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def check_reachable(address: str, timeout: float = 5) -> None:
