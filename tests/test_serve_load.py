@@ -75,3 +75,20 @@ def test_an_upload_that_stalls_is_answered_408_and_dropped(serve, demo_index, mo
         sock.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\npartial")
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_status_that_fails_during_the_update_is_counted_as_an_error():
+    import httpx
+
+    from spotit.app.load import _UpdateWatch
+
+    def server(request):
+        if request.method == "POST":
+            return httpx.Response(202, json={"running": True})
+        return httpx.Response(422, json={"detail": "the catalogue holds a newer commit"})
+
+    watch = _UpdateWatch(httpx.Client(base_url="http://127.0.0.1:1", transport=httpx.MockTransport(server)))
+    watch.start()
+    watch.thread.join(10)
+    assert not watch.thread.is_alive() and len(watch.errors) == 1
+    assert watch.errors[0].startswith("GET /api/status: HTTPStatusError") and "422" in watch.errors[0]

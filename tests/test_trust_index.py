@@ -476,3 +476,21 @@ def test_a_creation_in_progress_is_waited_for_and_a_foreign_catalogue_refused(tm
     (root / LOCK_FILE).unlink()
     with pytest.raises(SpotitError, match="not a spotit index"):
         check_index_folder(root)  # without spotit's lock beside it, the file is someone else's
+
+
+def test_a_commit_landing_while_a_state_is_read_makes_the_reader_read_the_newer_one(demo_index, monkeypatch):
+    """`len(index)` and the server's status read the latest state as searches do: a writer's commit between
+    opening a state and reading its catalogue sends them to the newer state, not to an error."""
+    from spotit import index as index_module
+    from spotit.store import SnapshotGone
+
+    real, reads, photos = index_module.Snapshot, [], len(demo_index)
+
+    def superseded_once(store):
+        reads.append(store)
+        if len(reads) == 1:
+            raise SnapshotGone(f"the catalogue {store.catalogue} holds a newer commit")
+        return real(store)
+
+    monkeypatch.setattr(index_module, "Snapshot", superseded_once)
+    assert len(Index.open(demo_index.store.root)) == photos and len(reads) == 2

@@ -162,11 +162,17 @@ class Index:
     def snapshot(self) -> Snapshot:
         """The latest committed state, re-read only when a writer has committed since (one stat)."""
         with self._swap:
-            if self._snapshot is None or self._snapshot.store.changed():
+            for _ in range(5):
+                if self._snapshot is not None and not self._snapshot.store.changed():
+                    return self._snapshot
                 self._take(self.store if not self.store.changed() else self.store.reload())
-                self._snapshot = Snapshot(self.store)
+                try:
+                    self._snapshot = Snapshot(self.store)
+                except SnapshotGone:  # a writer committed again while this state was read: read the newer one
+                    continue
                 self._snapshot.prepare()
-            return self._snapshot
+                return self._snapshot
+        raise SpotitError(f"index {self.store.root} changed during five reads in a row; try again")
 
     def _require(self, method: str, snap: Snapshot) -> None:
         if method not in METHODS:

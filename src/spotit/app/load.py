@@ -47,7 +47,13 @@ class _UpdateWatch:
 
     def _watch(self) -> None:
         while True:
-            status = self.client.get("/api/status").json()["update"]
+            try:
+                response = self.client.get("/api/status")
+                response.raise_for_status()
+                status = response.json()["update"]
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # the status must answer while an update runs
+                self.errors.append(f"GET /api/status: {type(exc).__name__}: {exc}")
+                return
             if not status["running"]:
                 self.ended = time.perf_counter()
                 if status.get("error"):
