@@ -4,7 +4,7 @@
     python benchmarks/ablation.py --sets holidays-dev --steps 8 9 10 11
 
 Each step is a named configuration in spotit (region descriptors in global_features.regional_confs,
-search settings in rerank.confs), evaluated with spotit.evaluate; indexes live under
+search settings in rerank.confs), evaluated with spotit.evaluation.evaluate; indexes live under
 $SPOTIT_BENCH_DIR/ablation. Results go to benchmarks/ablation.json and the ablation table of RESULTS.md.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from run import BENCH_DIR, HERE, SHARED, write_markdown  # noqa: E402  (benchmarks/ is the script's folder)
 
-from spotit.evaluate import evaluate
+from spotit.evaluation.evaluate import evaluate
 from spotit.index import Index
 
 ABLATION_JSON = HERE / "ablation.json"

@@ -25,10 +25,10 @@ sys.path.insert(0, str(HERE))
 from run import BENCH_DIR, available_sets  # noqa: E402
 
 from spotit import Index  # noqa: E402
-from spotit.datasets import load_dataset  # noqa: E402
-from spotit.evaluate import run_queries  # noqa: E402
-from spotit.local_features import LocalFeatures, expand  # noqa: E402
-from spotit.searcher import Snapshot  # noqa: E402
+from spotit.evaluation.datasets import load_dataset  # noqa: E402
+from spotit.evaluation.evaluate import run_queries  # noqa: E402
+from spotit.features.local_features import LocalFeatures, expand  # noqa: E402
+from spotit.search.searcher import Snapshot  # noqa: E402
 
 SETTINGS = [(None, 8), (None, 4), (500, 8), (500, 4), (300, 4), (200, 4)]  # (keypoints kept, descriptor bits)
 

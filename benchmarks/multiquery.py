@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (the benchmarks' shared set list and index folders)
 
 from spotit import Index  # noqa: E402
-from spotit.datasets import load_dataset  # noqa: E402
-from spotit.metrics import positive_ranks, query_metrics  # noqa: E402
+from spotit.evaluation.datasets import load_dataset  # noqa: E402
+from spotit.evaluation.metrics import positive_ranks, query_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

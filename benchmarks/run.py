@@ -137,7 +137,7 @@ def write_markdown(results: dict) -> None:
     if scale.is_file():
         lines += ["", "## At scale: real queries among simulated distractors", "",
                   "`python benchmarks/scale.py` (`spotit bench scale SET --images N`): the set's gallery plus distractors",
-                  "made from its own features (`python -m pydoc spotit.scale`) up to N photos; queries ranked to 1,000",
+                  "made from its own features (`python -m pydoc spotit.evaluation.scale`) up to N photos; queries ranked to 1,000",
                   "(mAP at 1,000). KiB/photo is understated: distractors share 64 sets of local features, so a real",
                   "photo's size is the dev sets' figure above.",
                   "Latency, memory and time to the first answer are measured in a fresh search process, on the machine",

@@ -4,7 +4,7 @@
     python benchmarks/scale.py --sets clutter-hard-dev --images 100000 --vectors exact ivfpq --recall
 
 Each run builds (or reuses, from the cache) a scale index of the set: its gallery plus simulated
-distractors (see `python -m pydoc spotit.scale`); the largest sizes need disk: about 30 KB per photo.
+distractors (see `python -m pydoc spotit.evaluation.scale`); the largest sizes need disk: about 30 KB per photo.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import SHARED, run, write_markdown, RESULTS_JSON  # noqa: E402
+from run import RESULTS_JSON, SHARED, run, write_markdown  # noqa: E402
 
 SCALE_JSON = HERE / "scale.json"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from run import BENCH_DIR, RESULTS_JSON, available_sets, machine, write_markdown
 
 from spotit import Index  # noqa: E402
 from spotit.app.load import run_load  # noqa: E402
-from spotit.datasets import load_dataset  # noqa: E402
+from spotit.evaluation.datasets import load_dataset  # noqa: E402
 
 SERVE_JSON = HERE / "serve.json"
 NEW_PHOTOS = 40

@@ -1,4 +1,4 @@
-"""Calibrate the verdict (spotit/verdict.py) on the dev sets and measure it: precision and recall of `yes`
+"""Calibrate the verdict (spotit/search/verdict.py) on the dev sets and measure it: precision and recall of `yes`
 and of `yes + maybe` per set, fitted on all sets and, to show how it holds on a set it never saw, fitted
 on the other sets only (leave one set out).
 
@@ -6,7 +6,7 @@ on the other sets only (leave one set out).
 
 Every query's top 100 hybrid results (the verified shortlist, where any `yes` can come from) are the
 candidates; recall counts every relevant photo of the ground truth, also those never shortlisted.
-`--write` stores the model fitted on all sets in spotit/verdict.py's confs. Figures go to verdict.json
+`--write` stores the model fitted on all sets in spotit/search/verdict.py's confs. Figures go to verdict.json
 and RESULTS.md.
 """
 
@@ -24,8 +24,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402  (the benchmarks' shared set list and index folders)
 
-from spotit import Index, verdict  # noqa: E402
-from spotit.datasets import load_dataset  # noqa: E402
+from spotit import Index  # noqa: E402
+from spotit.evaluation.datasets import load_dataset  # noqa: E402
+from spotit.search import verdict  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SETS = ["holidays-dev", "ukbench-dev", "clutter-hard-dev", "clutter-dev", "clutter-hard-2"]
@@ -84,7 +85,7 @@ def calibrate(sets: dict[str, dict]) -> dict:
 
 
 def write_conf(conf: dict) -> None:
-    path = HERE.parent / "src" / "spotit" / "verdict.py"
+    path = HERE.parent / "src" / "spotit" / "search" / "verdict.py"
     text = path.read_text()
     line = f'    "default": {json.dumps(conf)},'
     path.write_text(re.sub(r'^    "default": \{.*\},$', line.replace("\\", "\\\\"), text, count=1, flags=re.M))
@@ -93,7 +94,7 @@ def write_conf(conf: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", nargs="+", default=SETS)
-    parser.add_argument("--write", action="store_true", help="store the model fitted on all sets in spotit/verdict.py")
+    parser.add_argument("--write", action="store_true", help="store the model fitted on all sets in spotit/search/verdict.py")
     parser.add_argument("--again", action="store_true", help="search the sets anew, not from the saved candidates")
     args = parser.parse_args()
     found = run.available_sets(args.sets)
@@ -114,7 +115,7 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     if args.write:
         write_conf(conf)
-        print(f"written to spotit/verdict.py: {conf}")
+        print(f"written to spotit/search/verdict.py: {conf}")
     return 0
 
 

@@ -68,7 +68,7 @@ def noise_image():
 
 def edit_state(index_dir, edit):
     """Change an index's committed settings in place, as another program or version could have left them."""
-    from spotit.catalogue import Catalogue, Images
+    from spotit.storage.catalogue import Catalogue, Images
 
     catalogue = Catalogue(index_dir)
     state = catalogue.state()
@@ -83,7 +83,7 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 def dev_index(tmp_path_factory):
     """dev_index(name) -> (dataset, its hybrid index), built once per session; skips where the set is absent."""
     from spotit import Index
-    from spotit.datasets import load_dataset
+    from spotit.evaluation.datasets import load_dataset
 
     built = {}
 

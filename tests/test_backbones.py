@@ -3,8 +3,9 @@ import urllib.error
 import numpy as np
 import pytest
 
-from spotit import SpotitError, backbones
+from spotit import SpotitError
 from spotit.cli import main
+from spotit.features import backbones
 
 
 @pytest.mark.slow
@@ -56,7 +57,7 @@ def test_weights_file_of_another_network_is_refused(tmp_path):
 def test_resnet18_with_a_weights_file_indexes_and_searches(demo, tmp_path, capsys):
     import torch
 
-    from spotit.backbones.resnet import ResNet18
+    from spotit.features.backbones.resnet import ResNet18
 
     torch.manual_seed(0)
     weights = tmp_path / "resnet18-random.pth"

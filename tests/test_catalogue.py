@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from spotit.catalogue import _ALL, NO_DATE, Catalogue, Images, columns_of
+from spotit.storage.catalogue import _ALL, NO_DATE, Catalogue, Images, columns_of
 
 
 def photos() -> Images:
@@ -37,7 +37,7 @@ def test_stamps_read_after_a_newer_commit_are_refused(tmp_path):
     """The stamps come in a second read: it must be of the same commit as the first, or say it is not."""
     import pytest
 
-    from spotit.catalogue import Changed
+    from spotit.storage.catalogue import Changed
 
     catalogue = Catalogue(tmp_path)
     catalogue.create({"generation": 1})

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from spotit.cli import main
-from spotit.ranking import read_ranklist
+from spotit.search.ranking import read_ranklist
 
 
 @pytest.fixture

@@ -432,8 +432,8 @@ def entry(shard: str, row: int = 0) -> dict:
 def test_a_milvus_catalogue_reader_sees_whole_commits_only(lite_uri, tmp_path, monkeypatch):
     """Readers of an older generation keep it while newer ones are written; an unfinished commit is invisible
     and the next writer clears it."""
-    from spotit.catalogue import Images
     from spotit.cluster.milvus_catalogue import MilvusCatalogue
+    from spotit.storage.catalogue import Images
 
     writer = catalogue_in_lite(tmp_path / "index", lite_uri)
     images = Images()
@@ -465,8 +465,8 @@ def test_a_milvus_catalogue_reader_sees_whole_commits_only(lite_uri, tmp_path, m
 
 
 def test_a_milvus_catalogue_deletes_old_entries_and_tells_a_late_reader(lite_uri, tmp_path, monkeypatch):
-    from spotit.catalogue import Changed, Images
     from spotit.cluster import milvus_catalogue
+    from spotit.storage.catalogue import Changed, Images
 
     monkeypatch.setattr(milvus_catalogue, "KEEP", 2)
     writer = catalogue_in_lite(tmp_path / "index", lite_uri)

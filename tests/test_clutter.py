@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from spotit import SpotitError
-from spotit.clutter import ClutterConfig, make_clutter
+from spotit.evaluation.clutter import ClutterConfig, make_clutter
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_hard_clutter_shares_scenes_and_puts_each_query_scene_in_the_gallery_wit
 
 
 def test_turned_views_follow_the_asked_share():
-    from spotit.clutter import turned_angle
+    from spotit.evaluation.clutter import turned_angle
 
     rng = np.random.default_rng(0)
     angles = np.abs([turned_angle(rng, 0.5) for _ in range(4000)])

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from spotit.local_features import LocalFeatures, compact, expand
-from spotit.verify import rootsift
+from spotit.features.local_features import LocalFeatures, compact, expand
+from spotit.search.verify import rootsift
 
 
 def features(n=300, seed=0, scale=1000.0):

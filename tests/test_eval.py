@@ -6,8 +6,8 @@ from PIL import Image
 
 from spotit import Index, SpotitError
 from spotit.cli import main
-from spotit.datasets import load_dataset
-from spotit.evaluate import evaluate
+from spotit.evaluation.datasets import load_dataset
+from spotit.evaluation.evaluate import evaluate
 from spotit.index import Result
 
 

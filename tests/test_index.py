@@ -4,19 +4,19 @@ import os
 import cv2
 import numpy as np
 import pytest
+from conftest import edit_state
 
 from spotit import Index, SpotitError
-from spotit.local_features import LocalFeatures
-from spotit.store import MANIFEST, Store
-from conftest import edit_state
+from spotit.features.local_features import LocalFeatures
+from spotit.storage.store import MANIFEST, Store
 
 
 def test_index_holds_every_gallery_image_with_both_feature_kinds(demo, demo_index):
-    names, matrix = demo_index.store.load_dense("global")
+    names, matrix = demo_index.store.shards.load_dense("global")
     assert names == sorted(p.name for p in demo["gallery"].iterdir())
     assert matrix.shape == (len(names), 1280)
     assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
-    local = demo_index.store.load_local("sift")
+    local = demo_index.store.shards.load_local("sift")
     assert set(local) == set(names) and all(len(f) > 20 for f in local.values())
 
 
@@ -38,7 +38,7 @@ def test_reindexing_processes_only_new_and_changed_images_and_drops_deleted(gall
     index = Index.open_or_create(tmp_path / "idx", gallery_copy, ["cnn"])
     report = index.update(progress=False)
     assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, 18)
-    names, _ = index.store.load_dense("global")
+    names, _ = index.store.shards.load_dense("global")
     assert "new.png" in names and "cat-1.jpg" not in names and len(names) == 20
     # the changed file's features are the new content's: it is now most similar to itself only
     hits = index.search(gallery_copy / "cup-1.jpg", top=1)
@@ -118,7 +118,7 @@ def test_adding_a_method_extracts_it_for_existing_images(gallery_copy, tmp_path)
     index = Index.open_or_create(tmp_path / "idx", gallery_copy, ["sift"])
     report = index.update(progress=False)
     assert index.methods == ["cnn", "sift"] and report.updated == 20
-    assert len(index.store.load_local("sift")) == 20 and len(index.store.load_dense("global")[0]) == 20
+    assert len(index.store.shards.load_local("sift")) == 20 and len(index.store.shards.load_dense("global")[0]) == 20
 
 
 def test_local_reader_returns_what_each_shard_stored(tmp_path):
@@ -131,17 +131,17 @@ def test_local_reader_returns_what_each_shard_stored(tmp_path):
     written = {}
     for names in (["a", "b", "empty"], ["c"]):
         feats = [random_features(0 if name == "empty" else int(rng.integers(2, 50))) for name in names]
-        shard = store.write_shard(names, {"verify": feats})
+        shard = store.shards.write(names, {"verify": feats})
         for row, (name, feat) in enumerate(zip(names, feats)):
             store.images[name] = {"shard": shard, "row": row}
             written[name] = feat
-    reader = store.local_reader("verify")
+    reader = store.shards.local_reader("verify")
     for name in ["c", "a", "empty", "b"]:
         read = reader(name)
         assert np.array_equal(read.keypoints, written[name].keypoints)
         assert np.array_equal(read.descriptors, written[name].descriptors)
     with pytest.raises(SpotitError, match="no sift features"):
-        store.local_reader("sift")("a")
+        store.shards.local_reader("sift")("a")
 
 
 def test_an_index_in_the_json_format_of_spotit_0_1_says_how_to_rebuild(gallery_copy, tmp_path):

@@ -1,7 +1,6 @@
 """Searching a real photo library: a verdict per result, several query photos, a scope, a watched gallery."""
 
 import datetime as dt
-import os
 import shutil
 import signal
 import subprocess
@@ -12,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spotit import Index, verdict
+from spotit import Index
 from spotit.cli import main
 from spotit.errors import SpotitError
-from spotit.scope import parse_date, taken
-from spotit.store import Store
+from spotit.search import verdict
+from spotit.search.scope import parse_date, taken
+from spotit.storage.store import Store
 
 SPOTIT = [sys.executable, "-m", "spotit.cli"]
 
@@ -52,7 +52,7 @@ def test_the_verdict_model_is_fitted_and_its_cut_off_reaches_the_precision():
 
 
 def test_matches_look_past_the_shortlist_only_where_similarity_alone_could_do():
-    from spotit.searcher import could_match
+    from spotit.search.searcher import could_match
 
     conf = verdict.confs["default"]
     alone_maybe = next(s for s in np.linspace(0, 1, 1001) if verdict.probability(0.0, s) >= conf["maybe"])

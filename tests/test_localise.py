@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from spotit import localise
 from spotit.demo import OBJECTS, load_photo
-from spotit.evaluate import iou
-from spotit.verify import map_box
+from spotit.evaluation.evaluate import iou
+from spotit.search import localise
+from spotit.search.verify import map_box
 
 
 def bounding(quad) -> tuple:

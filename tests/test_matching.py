@@ -1,6 +1,6 @@
 import numpy as np
 
-from spotit.matching import ratio_matches
+from spotit.search.matching import ratio_matches
 
 
 def test_ratio_test_keeps_distinctive_matches_only():

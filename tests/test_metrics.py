@@ -3,8 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from spotit.metrics import average_precision, mean_metrics, ns_score, positive_ranks, precision_at, query_metrics
-from spotit.ranking import rank
+from spotit.evaluation.metrics import (
+    average_precision,
+    mean_metrics,
+    ns_score,
+    positive_ranks,
+    precision_at,
+    query_metrics,
+)
+from spotit.search.ranking import rank
 
 
 def test_average_precision_hand_worked():

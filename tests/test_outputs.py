@@ -20,7 +20,7 @@ from spotit.grid import (
     font_codepoints,
     render_grid,
 )
-from spotit.ranking import ranklist_line, read_ranklist, write_ranklist
+from spotit.search.ranking import ranklist_line, read_ranklist, write_ranklist
 
 NASTY = ["a, b", "x:y", 'quote"d', "back\\slash", "new\nline", " lead", "trail ", "ünïcödé 名前", '"start', "plain-7"]
 MORE_NASTY = ["", "tab\tin", "cr\rin", "nel\x85in", "ls\u2028in", "rtl\u202eoverride", "lone\udcffsurrogate"]

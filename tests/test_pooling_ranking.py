@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from spotit.pooling import average, gem, l2_normalise, max_
-from spotit.ranking import rank, ranklist_line, read_ranklist, write_ranklist
-from spotit.vectors import region_scores
+from spotit.features.pooling import average, gem, l2_normalise, max_
+from spotit.search.ranking import rank, ranklist_line, read_ranklist, write_ranklist
+from spotit.search.vectors import region_scores
 
 
 def test_poolings_on_a_hand_worked_map():
@@ -31,7 +31,7 @@ def test_ranklist_format_and_round_trip(tmp_path):
 
 
 def test_region_grid_covers_whole_image_then_overlapping_windows():
-    from spotit.global_features import region_grid
+    from spotit.features.global_features import region_grid
 
     grid = region_grid(3)
     assert len(grid) == 1 + 4 + 9 and grid[0] == (0.0, 1.0, 0.0, 1.0)
@@ -40,7 +40,7 @@ def test_region_grid_covers_whole_image_then_overlapping_windows():
 
 
 def test_pool_regions_takes_gem_of_each_window():
-    from spotit.global_features import pool_regions
+    from spotit.features.global_features import pool_regions
 
     fmap = np.zeros((1, 4, 4), np.float32)
     fmap[0, :2, :2] = 2.0  # top-left quarter lit
@@ -49,7 +49,7 @@ def test_pool_regions_takes_gem_of_each_window():
 
 
 def test_whitening_decorrelates_and_refuses_too_few_vectors():
-    from spotit.whitening import Whitening
+    from spotit.features.whitening import Whitening
 
     rng = np.random.default_rng(0)
     mixing = rng.standard_normal((64, 64))

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from spotit import rerank
-from spotit.local_features import empty_features
-from spotit.vectors import ExactRegions
-from spotit.verify import Verification
+from spotit.features.local_features import empty_features
+from spotit.search import rerank
+from spotit.search.vectors import ExactRegions
+from spotit.search.verify import Verification
 
 
 def test_every_verified_result_among_the_best_expands_the_query():

@@ -8,10 +8,21 @@ import numpy as np
 import pytest
 
 from spotit import Index
-from spotit.catalogue import Catalogue
 from spotit.errors import SpotitError
-from spotit.vectors import (AUTO_EXACT_PHOTOS, ApproximateRegions, ExactRegions, GlobalVectors, ID_STRIDE, add_codes, encode, fp16_flat,
-                            global_kind, region_ids, train)
+from spotit.search.vectors import (
+    AUTO_EXACT_PHOTOS,
+    ID_STRIDE,
+    ApproximateRegions,
+    ExactRegions,
+    GlobalVectors,
+    add_codes,
+    encode,
+    fp16_flat,
+    global_kind,
+    region_ids,
+    train,
+)
+from spotit.storage.catalogue import Catalogue
 
 
 def search(index: Index, demo) -> list[tuple[str, float]]:
@@ -194,8 +205,8 @@ def test_cnn_through_faiss_ranks_a_gallery_as_exact_search_does(demo, tmp_path):
 
 
 def test_distractors_are_calibrated_against_unrelated_photos_only(demo, tmp_path):
-    from spotit.datasets import Dataset, Query
-    from spotit.scale import related_groups
+    from spotit.evaluation.datasets import Dataset, Query
+    from spotit.evaluation.scale import related_groups
 
     names = ["a/1.jpg", "a/2.jpg", "b/3.jpg", "c/4.jpg", "d/5.jpg"]
     queries = [Query("1.jpg", tmp_path / "1.jpg", [], {"default": (["a/2", "b/3"], [])}),
@@ -205,21 +216,21 @@ def test_distractors_are_calibrated_against_unrelated_photos_only(demo, tmp_path
 
 
 def test_photos_listed_with_one_shared_local_feature_set_store_it_once(tmp_path):
-    from spotit.local_features import LocalFeatures
-    from spotit.store import Store
+    from spotit.features.local_features import LocalFeatures
+    from spotit.storage.store import Store
 
     rng = np.random.default_rng(1)
     shared = LocalFeatures(rng.random((30, 4), np.float32), rng.integers(0, 256, (30, 128)).astype(np.uint8))
     own = LocalFeatures(rng.random((5, 4), np.float32), rng.integers(0, 256, (5, 128)).astype(np.uint8))
     store = Store.create(tmp_path / "index", {})
     names = ["a", "b", "c", "d"]
-    shard = store.write_shard(names, {"verify": [shared, own, shared, shared]})
+    shard = store.shards.write(names, {"verify": [shared, own, shared, shared]})
     for row, name in enumerate(names):
         store.images[name] = {"shard": shard, "row": row}
-    reader = store.local_reader("verify")
+    reader = store.shards.local_reader("verify")
     for name, features in zip(names, [shared, own, shared, shared]):
         assert np.array_equal(reader(name).descriptors, features.descriptors)
-    assert np.array_equal(store.load_local("verify")["d"].keypoints, shared.keypoints)
+    assert np.array_equal(store.shards.load_local("verify")["d"].keypoints, shared.keypoints)
     import h5py
 
     with h5py.File(store.shard_dir / shard) as data:
@@ -277,7 +288,7 @@ def test_removing_photos_rewrites_only_the_shards_they_emptied(demo, photo_names
 
 
 def test_auto_changes_the_vector_index_kind_only_when_it_learns_again(demo, photo_names, tmp_path, monkeypatch):
-    monkeypatch.setattr("spotit.vectors.AUTO_EXACT_PHOTOS", 10)
+    monkeypatch.setattr("spotit.search.vectors.AUTO_EXACT_PHOTOS", 10)
     gallery = subset(demo, tmp_path / "gallery", photo_names[:8])
     index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
     index.update(progress=False)
@@ -306,7 +317,7 @@ def test_a_shard_missing_its_derived_files_is_searched_and_derived_by_the_next_u
 
 
 def test_a_commit_needs_no_earlier_read_of_the_photos(demo_index, tmp_path):
-    from spotit.store import Store
+    from spotit.storage.store import Store
 
     shutil.copytree(demo_index.store.root, tmp_path / "idx")
     store = Store.open(tmp_path / "idx")

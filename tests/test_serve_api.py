@@ -232,7 +232,7 @@ def test_an_update_runs_in_the_background_with_progress_and_searches_go_on(serve
 
 
 def test_an_update_is_refused_while_another_process_updates(served_copy):
-    from spotit.lock import WriterLock
+    from spotit.storage.lock import WriterLock
 
     with client_for(served_copy) as client, WriterLock(served_copy.store.root).acquire():
         response = client.post("/api/index")

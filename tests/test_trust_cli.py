@@ -16,8 +16,8 @@ from PIL import Image
 
 from spotit import Index
 from spotit.cli import main
-from spotit.ranking import read_ranklist
-from spotit.searcher import Result
+from spotit.search.ranking import read_ranklist
+from spotit.search.searcher import Result
 
 SPOTIT = [sys.executable, "-m", "spotit.cli"]
 

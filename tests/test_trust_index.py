@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import edit_state
 from PIL import Image
 
 from spotit import Index, SpotitError
 from spotit.cli import main
-from spotit.lock import WriterLock
-from spotit.catalogue import SIDE_FILES
-from spotit.store import MANIFEST, Store
-from conftest import edit_state
+from spotit.storage.catalogue import SIDE_FILES
+from spotit.storage.lock import WriterLock
+from spotit.storage.store import MANIFEST, Store
 
 SPOTIT = [sys.executable, "-m", "spotit.cli"]
 
@@ -103,7 +103,7 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
 # ---- one writer ------------------------------------------------------------------------------------
 HOLD_LOCK = """
 import sys, time
-from spotit.lock import WriterLock
+from spotit.storage.lock import WriterLock
 lock = WriterLock(sys.argv[1]).acquire()
 print("holding", flush=True)
 time.sleep(float(sys.argv[2]))
@@ -217,7 +217,7 @@ def test_searches_in_other_processes_and_threads_never_fail_during_updates_and_c
 
 def test_a_search_whose_state_is_removed_mid_way_retries_on_the_new_state(gallery_copy, tmp_path, monkeypatch):
     """Deterministic form of the race above: a writer commits and deletes the files of the state a search holds."""
-    from spotit.searcher import Searcher
+    from spotit.search.searcher import Searcher
 
     index_dir = tmp_path / "idx"
     Index.create(index_dir, gallery_copy, ["hybrid"]).update(progress=False)
@@ -463,8 +463,8 @@ def test_a_creation_in_progress_is_waited_for_and_a_foreign_catalogue_refused(tm
     import sqlite3
 
     from spotit.errors import SpotitError
-    from spotit.lock import LOCK_FILE
-    from spotit.store import check_index_folder
+    from spotit.storage.lock import LOCK_FILE
+    from spotit.storage.store import check_index_folder
 
     root = tmp_path / "idx"
     root.mkdir()
@@ -482,7 +482,7 @@ def test_a_commit_landing_while_a_state_is_read_makes_the_reader_read_the_newer_
     """`len(index)` and the server's status read the latest state as searches do: a writer's commit between
     opening a state and reading its catalogue sends them to the newer state, not to an error."""
     from spotit import index as index_module
-    from spotit.store import SnapshotGone
+    from spotit.storage.store import SnapshotGone
 
     real, reads, photos = index_module.Snapshot, [], len(demo_index)
 

@@ -3,10 +3,10 @@ import pytest
 from PIL import Image
 
 from spotit import Index
-from spotit.evaluate import iou
-from spotit.local_features import LocalFeatures
-from spotit.matching import ratio_matches, ratio_matches_unit
-from spotit.verify import anisotropy, centre_weighted, confs, map_box, plausible, rootsift, sound, verify
+from spotit.evaluation.evaluate import iou
+from spotit.features.local_features import LocalFeatures
+from spotit.search.matching import ratio_matches, ratio_matches_unit
+from spotit.search.verify import anisotropy, centre_weighted, confs, map_box, plausible, rootsift, sound, verify
 
 
 def synthetic_pair(consistent: bool, n: int = 200, seed: int = 0):

@@ -14,16 +14,27 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__, backbones, vectors
-from .catalogue import describe
-from .errors import SpotitError
-from .fileio import check_output_dir, check_output_file
-from .images import DEFAULT_EXCLUDES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, as_image, assign_ids, check_box, file_problem, parse_box, read_box_file
-from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods, query_photos
-from .scope import Scope
-from .watch import SETTLE_S
+from . import __version__
 from .cluster.milvus import TOKEN_ENV as MILVUS_TOKEN_ENV
-from .ranking import format_name, ranklist_line, write_ranklist
+from .errors import SpotitError
+from .features import backbones
+from .fileio import check_output_dir, check_output_file
+from .images import (
+    DEFAULT_EXCLUDES,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    as_image,
+    assign_ids,
+    file_problem,
+    parse_box,
+    read_box_file,
+)
+from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods, query_photos
+from .indexing.watch import SETTLE_S
+from .search import vectors
+from .search.ranking import format_name, ranklist_line, write_ranklist
+from .search.scope import Scope
+from .storage.store import describe
 
 
 class Output:
@@ -141,7 +152,7 @@ def cmd_index(args) -> int:
 
 def watch_gallery(index: Index, args) -> int:
     """`spotit index --watch`: update after each settled burst of changes, until Ctrl-C or SIGTERM."""
-    from .watch import Watcher
+    from .indexing.watch import Watcher
 
     def update() -> None:
         report = index.update(progress=False, wait=True, max_pixels=args.max_pixels)
@@ -403,7 +414,7 @@ def cmd_serve(args) -> int:
 
 # ---- spotit eval / bench ---------------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, format_result
+    from .evaluation.evaluate import evaluate, format_result
 
     result = evaluate(args.dataset, args.method, args.index, args.backbone, args.max_queries, progress=not args.quiet)
     say(format_result(result))
@@ -413,7 +424,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    from .scale import format_scale, scale
+    from .evaluation.scale import format_scale, scale
 
     result = scale(args.dataset, args.images, args.index, args.vectors, args.method, args.max_queries, args.top,
                    args.recall, progress=not args.quiet)
@@ -424,7 +435,7 @@ def cmd_scale(args) -> int:
 
 
 def cmd_make_clutter(args) -> int:
-    from .clutter import ClutterConfig, make_clutter
+    from .evaluation.clutter import ClutterConfig, make_clutter
 
     turned = args.turned if args.turned is not None else (0.5 if args.hard else None)
     config = ClutterConfig(objects=args.objects, distractor_scenes=args.distractor_scenes,
@@ -633,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Index a benchmark set (as `spotit eval` does), add simulated distractors made from its own "
                    "features until the index holds N photos, then run the set's real queries in a fresh process: "
                    "mAP, latency, peak memory, time to the first answer, disk per photo. The scale index is kept "
-                   "in the cache and reused. How distractors are made: `python -m pydoc spotit.scale`.", cmd_scale)
+                   "in the cache and reused. How distractors are made: `python -m pydoc spotit.evaluation.scale`.", cmd_scale)
     p.epilog = EXAMPLES["scale"]
     p.add_argument("dataset", type=Path, help="benchmark folder, as for `spotit eval`")
     p.add_argument("--images", type=positive_int, required=True, metavar="N", help="photos in the index in all")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import Box, ImageError, load_image
 from .fileio import write_output
+from .images import Box, ImageError, load_image
 
 TILE = 240
 COLUMNS = 6

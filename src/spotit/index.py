@@ -15,16 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backbones, lifecycle
 from .errors import SpotitError
-from .extractors import Extractors
+from .features import backbones
+from .features.extractors import Extractors
 from .images import DEFAULT_MAX_PIXELS, Box, as_boxes, as_image, check_box
-from .lock import WriterLock, update_running
-from .scope import Scope
-from .lifecycle import METHODS, default_index_dir, feature_settings, kinds_of, parse_methods
-from .searcher import METHOD_KINDS, Result, Searcher, Snapshot
-from .store import SnapshotGone, Store
-from .updater import Updater, UpdateReport
+from .indexing import lifecycle
+from .indexing.lifecycle import METHODS, default_index_dir, feature_settings, kinds_of, parse_methods
+from .indexing.updater import Updater, UpdateReport
+from .search.scope import Scope
+from .search.searcher import METHOD_KINDS, Result, Searcher, Snapshot
+from .storage.lock import WriterLock, update_running
+from .storage.store import SnapshotGone, Store
 
 __all__ = ["Index", "Result", "UpdateReport", "METHODS", "DEFAULT_METHOD", "default_index_dir", "parse_methods"]
 
@@ -197,7 +198,7 @@ class Index:
 
         top=None ranks the whole gallery; method=None is the index's default method. With `hybrid`,
         verified results carry `inliers` and `quad`/`box`: where the query box lands in that gallery image,
-        and every result a verdict, `match` ("yes", "maybe", "no") with its `confidence` (verdict.py);
+        and every result a verdict, `match` ("yes", "maybe", "no") with its `confidence` (search/verdict.py);
         `matches="yes"` (or "maybe": yes and maybe) returns only those, up to `top`.
         `under` (a folder in the gallery), `since` and `until` (dates or datetimes, inclusive; photos
         without a date taken are left out) restrict the search to part of the gallery.

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import SpotitError
 from ..images import DEFAULT_MAX_PIXELS, check_box, decode_image, file_problem, load_image
 from ..index import Index
-from ..lock import update_running
+from ..storage.lock import update_running
 
 
 class NotFound(SpotitError):
@@ -119,9 +119,9 @@ class Service:
         self.watcher = None
 
     def watch(self, settle: float, poll: float | None) -> None:
-        """Keep the index current as the gallery changes (watch.py), on a thread of its own, through the
+        """Keep the index current as the gallery changes (indexing/watch.py), on a thread of its own, through the
         same background update as the page's button."""
-        from ..watch import Watcher
+        from ..indexing.watch import Watcher
 
         def update() -> None:
             while not self.watcher.stopped.is_set():

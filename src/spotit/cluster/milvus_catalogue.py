@@ -18,9 +18,9 @@ import os
 import secrets
 from pathlib import Path
 
-from ..catalogue import NO_DATE, Changed, Columns, Images, columns_of, decode, encode, images_of, row_of
 from ..errors import SpotitError
 from ..fileio import atomic_write_bytes
+from ..storage.catalogue import NO_DATE, Changed, Columns, Images, columns_of, decode, encode, images_of, row_of
 from . import public
 from .milvus import client, failures, normalise_uri
 

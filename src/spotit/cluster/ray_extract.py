@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from ..errors import BackendError
-from ..extractors import Extractors
+from ..features.extractors import Extractors
 from . import first_line, public, require
 
 LOCAL_STARTS = 2  # a local Ray that fails to start is started afresh once more
@@ -42,7 +42,7 @@ class _Extract:
         self.gallery, self.kinds, self.max_pixels = gallery, kinds, max_pixels
 
     def __call__(self, batch: dict) -> dict:
-        from ..updater import load_and_extract
+        from ..indexing.extract import load_and_extract
 
         done = [pickle.dumps(load_and_extract(self.features, self.gallery, str(name), self.kinds, self.max_pixels))
                 for name in batch["name"]]
@@ -137,7 +137,7 @@ def extract_on_ray(address: str, features: Extractors, gallery: str, todo: list[
                    max_pixels: int | None, workers: int):
     """(name, stamp or None, features or why skipped) of each photo of `todo`, in order, extracted by
     `workers` Ray workers ("local": a Ray started here with that many CPUs; a cluster: one per CPU it has)."""
-    from .. import backbones
+    from ..features import backbones
 
     ray, started = connect(address, workers)
     try:

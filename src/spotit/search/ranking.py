@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SpotitError
-from .fileio import write_output
+from ..errors import SpotitError
+from ..fileio import write_output
 
 _DECODER = json.JSONDecoder()  # strict: a raw control character inside a quoted name is an error
 

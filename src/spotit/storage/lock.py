@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import SpotitError
+from ..errors import SpotitError
 
 LOCK_FILE = "write.lock"
 

@@ -44,20 +44,21 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from . import backbones, rerank
+from ..errors import SpotitError
+from ..features import backbones
+from ..features.extractors import DENSE_KINDS
+from ..features.global_features import region_values, store_regions
+from ..features.local_features import LocalFeatures
+from ..images import assign_ids, load_image
+from ..index import Index
+from ..indexing.lifecycle import kinds_of
+from ..search import rerank
+from ..search.vectors import global_kind
+from ..storage.derived import Learned, bring_global_base_up_to_date, bring_up_to_date
+from ..storage.lock import WriterLock
+from ..storage.store import Store, check_index_folder
 from .datasets import load_dataset
-from .derived import Learned, bring_global_base_up_to_date, bring_up_to_date
-from .errors import SpotitError
 from .evaluate import eval_index, run_queries
-from .extractors import DENSE_KINDS
-from .global_features import region_values, store_regions
-from .images import assign_ids, load_image
-from .index import Index
-from .lifecycle import kinds_of
-from .local_features import LocalFeatures
-from .lock import WriterLock
-from .store import Store, check_index_folder
-from .vectors import global_kind
 
 DISTRACTORS = "~distractors"
 CHUNK = 4096
@@ -130,7 +131,7 @@ def shuffled(features: LocalFeatures, rng: np.random.Generator) -> LocalFeatures
 
 def dense_distractors(base: Store, kind: str, groups: np.ndarray, rng: np.random.Generator):
     """(noise level, make(n)): `n` distractors' `kind` features (regions or global) as stored."""
-    _, real = base.load_dense(kind)
+    _, real = base.shards.load_dense(kind)
     if kind == "regions":
         real = region_values(real)
         bits = base.manifest["feature_settings"]["regions"].get("stored_bits", 16)
@@ -151,7 +152,7 @@ class Distractors:
         self.noise = max(noise for noise, _ in self.dense.values())
         names = base.names()
         donors = rng.choice(len(names), min(LOCAL_POOL, len(names)), replace=False)
-        self.pool = {kind: [shuffled(base.local_reader(kind)(names[i]), rng) for i in donors]
+        self.pool = {kind: [shuffled(base.shards.local_reader(kind)(names[i]), rng) for i in donors]
                      for kind in kinds if kind not in DENSE_KINDS}
         self.sizes = [(base.images[names[i]]["width"], base.images[names[i]]["height"]) for i in donors]
 
@@ -171,7 +172,7 @@ def add_distractors(store: Store, source: Distractors, count: int, first: int = 
         n = min(CHUNK, count - len(added))
         features, sizes = source.chunk(n)
         chunk = [f"{DISTRACTORS}/{first + len(added) + i:07d}.jpg" for i in range(n)]
-        shard = store.write_shard(chunk, features)
+        shard = store.shards.write(chunk, features)
         for row, (name, (width, height)) in enumerate(zip(chunk, sizes)):
             store.images[name] = {"shard": shard, "row": row, "size": 0, "mtime_ns": 0, "width": width, "height": height}
         store.commit()
@@ -284,7 +285,7 @@ def exact_global_scores(snap, vector: np.ndarray) -> np.ndarray:
     out = np.empty(len(snap.names), np.float32)
     for shard, members in snap.store.placements().items():
         positions, rows = zip(*members)
-        out[list(positions)] = snap.store.read_rows(shard, "global")[list(rows)].astype(np.float32) @ vector
+        out[list(positions)] = snap.store.shards.read_rows(shard, "global")[list(rows)].astype(np.float32) @ vector
     return out
 
 
@@ -362,7 +363,7 @@ def scale(root, images: int, index_dir=None, vectors: str = "auto", method: str 
         raise SpotitError(f"unknown method {method!r} for a scale run; choose {', '.join(METHODS)}")
     path = build(root, images, index_dir, vectors, method, progress=progress)
     build_s = time.perf_counter() - started
-    command = [sys.executable, "-m", "spotit.scale", str(root), str(path), "--method", method, "--top", str(top)]
+    command = [sys.executable, "-m", "spotit.evaluation.scale", str(root), str(path), "--method", method, "--top", str(top)]
     command += (["--max-queries", str(max_queries)] if max_queries else []) + (["--recall"] if recall else [])
     command += [] if progress else ["--quiet"]
     child = subprocess.run(command, stdout=subprocess.PIPE, text=True)
@@ -391,8 +392,8 @@ def format_scale(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """`python -m spotit.scale DATASET INDEX`: the measuring half of `spotit bench scale`, printing JSON."""
-    parser = argparse.ArgumentParser(prog="python -m spotit.scale")
+    """`python -m spotit.evaluation.scale DATASET INDEX`: the measuring half of `spotit bench scale`, printing JSON."""
+    parser = argparse.ArgumentParser(prog="python -m spotit.evaluation.scale")
     parser.add_argument("dataset", type=Path)
     parser.add_argument("index", type=Path)
     parser.add_argument("--method", default="hybrid")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .catalogue import NO_DATE, encode
-from .errors import SpotitError
+from ..errors import SpotitError
+from ..storage.catalogue import NO_DATE, encode
 
 _EXIF_IFD, _DATE_TIME_ORIGINAL, _DATE_TIME = 0x8769, 0x9003, 0x0132
 

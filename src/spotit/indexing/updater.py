@@ -3,7 +3,7 @@
 It extracts new and changed photos on worker threads and commits every `shard_size` photos; an
 interruption (Ctrl-C, SIGTERM) commits what is finished before it stops. Vanished photos drop out, shards
 that are mostly dead are compacted, and what searches derive from the features is brought up to date
-(derived.py)."""
+(storage/derived.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from .images import DEFAULT_MAX_PIXELS, ImageError, load_image, scan_images
-from .extractors import DENSE_KINDS, Extractors
-from .cluster import EXTRA, available, require
-from .errors import BackendError
-from .derived import Learned, bring_global_base_up_to_date, bring_up_to_date, remove_unused_vectors
+from ..cluster import EXTRA, available, require
+from ..errors import BackendError
+from ..features.extractors import DENSE_KINDS, Extractors
+from ..images import DEFAULT_MAX_PIXELS, scan_images
+from ..storage.derived import Learned, bring_global_base_up_to_date, bring_up_to_date, remove_unused_vectors
+from ..storage.store import Store
+from .extract import load_and_extract
 from .lifecycle import kinds_of
-from .scope import taken
-from .store import Store
 
 
 @dataclass
@@ -66,19 +66,6 @@ def plan(store: Store, gallery):
             changed.append(name)
     gone = sorted(set(images) - present)
     return new, changed, gone, skipped, dict(left_out)
-
-
-def load_and_extract(features: Extractors, gallery: str, name: str, kinds: list[str], max_pixels: int | None):
-    """(name, stamp, features) of one gallery photo, or (name, None, why it was skipped)."""
-    path = os.path.join(gallery, name)
-    try:
-        stat = os.stat(path)
-        image = load_image(path, max_pixels=max_pixels)
-    except (ImageError, OSError) as exc:
-        return name, None, str(exc).removeprefix(f"{path}: ")
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": image.shape[1], "height": image.shape[0],
-             "taken": taken(path)}
-    return name, stamp, features.extract(image, kinds)
 
 
 def ordered_map(pool: ThreadPoolExecutor, work, items, ahead: int):
@@ -124,7 +111,7 @@ class Updater:
         for kind in self.kinds:
             column = [feats[kind] for _, _, feats in self.done]
             features[kind] = np.stack(column) if kind in DENSE_KINDS else column
-        shard = self.store.write_shard([name for name, _, _ in self.done], features)
+        shard = self.store.shards.write([name for name, _, _ in self.done], features)
         if self.learned is not None:
             self.learned.derive(self.store, shard)
         images = self.store.images
@@ -169,7 +156,7 @@ class Updater:
             report.notes.append(f"Ray is not installed ({EXTRA}): extracted with local threads")
             ray = None
         if ray is not None and todo:
-            from .cluster.ray_extract import extract_on_ray
+            from ..cluster.ray_extract import extract_on_ray
 
             extracted = extract_on_ray(ray, self.features, self.gallery, todo, self.kinds, self.max_pixels,
                                        ray_workers or os.cpu_count() or 1)
@@ -220,7 +207,7 @@ class Updater:
     def _compact_if_sparse(self, batch: int = 4096) -> None:
         """Rewrite the shards more than half of whose rows belong to removed or re-extracted photos: their live
         photos move to new shards, so the work is in proportion to what was removed, not to the index."""
-        totals = self.store.shard_rows()
+        totals = self.store.shards.row_counts()
         placements = self.store.placements()
         sparse = sorted(shard for shard, members in placements.items() if 2 * len(members) < totals[shard])
         if not sparse:
@@ -233,11 +220,11 @@ class Updater:
             features = {}
             for kind in self.kinds:
                 if kind in DENSE_KINDS:
-                    features[kind] = self.store.read_dense(kind, [(shard, row) for _, shard, row in chunk])
+                    features[kind] = self.store.shards.read_dense(kind, [(shard, row) for _, shard, row in chunk])
                 else:
-                    read = self.store.local_reader(kind)
+                    read = self.store.shards.local_reader(kind)
                     features[kind] = [read(name) for name, _, _ in chunk]
-            shard = self.store.write_shard([name for name, _, _ in chunk], features)
+            shard = self.store.shards.write([name for name, _, _ in chunk], features)
             if self.learned is not None:
                 self.learned.derive(self.store, shard)
             for row, (name, _, _) in enumerate(chunk):

@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import SpotitError
-from .images import IMAGE_EXTENSIONS
+from ..errors import SpotitError
+from ..images import IMAGE_EXTENSIONS
 
 SETTLE_S = 2.0  # quiet time after the last event before updating: a copy of 500 photos is one update
 LONGEST_S = 60.0  # an endless stream of events still gets an update this often

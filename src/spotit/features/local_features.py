@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .images import resize_max_side
+from ..images import resize_max_side
 
 # "seed" is the assignment's notebook: OpenCV's default SIFT, no keypoint cap.
 # Photos are first brought to at most 1024 px so that a 12-megapixel phone photo

@@ -13,17 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import BackendError, SpotitError
+from ..features.global_features import region_values
+from ..features.local_features import expand, readable
+from ..features.whitening import Whitening
+from ..images import Box, assign_ids, load_image
+from ..images import crop as crop_to_box
+from ..storage.derived import Learned
+from ..storage.store import SnapshotGone, Store
 from . import localise, rerank, vectors, verdict
-from .derived import Learned
-from .global_features import region_values
-from .images import Box, assign_ids, crop as crop_to_box, load_image
-from .local_features import expand, readable
 from .matching import ratio_matches
 from .ranking import rank
 from .verify import map_box
-from .errors import BackendError, SpotitError
-from .store import SnapshotGone, Store
-from .whitening import Whitening
 
 # search method -> the feature kinds it reads from the index
 METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "regional": ["regions"], "hybrid": ["regions", "verify"]}
@@ -136,32 +137,32 @@ class Snapshot:
             placements = sorted(self.store.placements().items())
             if not placements:
                 return vectors.GlobalVectors("exact", 0, 1)
-            dims = self.store.dense_shape(placements[0][0], "global")[1]
+            dims = self.store.shards.dense_shape(placements[0][0], "global")[1]
             out = vectors.GlobalVectors(kind, len(self.names), dims)
             if kind == "exact":
                 for shard, members in placements:
                     positions, rows = zip(*members)
-                    out.put(list(positions), self.store.read_rows(shard, "global")[list(rows)])
+                    out.put(list(positions), self.store.shards.read_rows(shard, "global")[list(rows)])
                 return out
-            base, layout = self.store.read_global_base()
+            base, layout = self.store.derived_files.read_global_base()
             if base is not None:
                 out.add(base, file_positions(layout, dict(placements)))
             included = {shard for shard, _ in layout}
             rest = [(shard, members) for shard, members in placements if shard not in included]
             if rest:
                 positions = np.array([position for _, members in rest for position, _ in members], np.int64)
-                blocks = (self.store.read_rows(shard, "global")[[row for _, row in members]] for shard, members in rest)
+                blocks = (self.store.shards.read_rows(shard, "global")[[row for _, row in members]] for shard, members in rest)
                 out.add(vectors.fp16_flat(dims, len(positions), blocks), positions)
             return out
         return self.cached("global-vectors", make)
 
     def local(self, kind: str) -> dict:
-        return self.cached(f"local-{kind}", lambda: {n: expand(f) for n, f in self.store.load_local(kind).items()})
+        return self.cached(f"local-{kind}", lambda: {n: expand(f) for n, f in self.store.shards.load_local(kind).items()})
 
     def reader(self, kind: str):
         """Reads one photo's local features of `kind` (by name, and position where known), ready to match."""
         def make():
-            read = self.store.local_reader(kind)
+            read = self.store.shards.local_reader(kind)
             return lambda name, position=None: readable(read(name, position))
         return self.cached(f"reader-{kind}", make)
 
@@ -187,7 +188,7 @@ class Snapshot:
         """Every photo's stored whitened regions, in memory: exact search."""
         matrix = None
         for shard, members in self.store.placements().items():
-            whitened = self.store.read_whitened(shard)
+            whitened = self.store.derived_files.read_whitened(shard)
             if matrix is None:
                 matrix = np.empty((len(self.names), *whitened.shape[1:]), np.float32)
             positions, rows = zip(*members)
@@ -197,21 +198,21 @@ class Snapshot:
     def _regions(self):
         store, learned = self.store, self.store.learned
         shards = store.live_shards()
-        if learned is not None and not all(store.has_derived(shard) for shard in shards):
+        if learned is not None and not all(store.derived_files.has(shard) for shard in shards):
             if store.changed():
                 raise SnapshotGone("derived files of this state were replaced by a newer commit")
             learned = None  # an update was interrupted before it derived them: the next one will
         if learned is None:
             # the first update is still running, or it was interrupted: whiten in memory (a reader never writes)
             whitening = self.learned().whitening if store.learned else None
-            raw = region_values(store.load_dense("regions")[1])
+            raw = region_values(store.shards.load_dense("regions")[1])
             whitening, matrix = whiten_regions(raw, self.manifest["feature_settings"]["regions"], whitening)
             return vectors.ExactRegions(matrix.reshape(len(raw), raw.shape[1], -1), raw.shape[1]), whitening
         parts = self.learned()
         if learned["vectors"] == "exact":
             return self.exact_regions(parts.per_image), parts.whitening
         if learned["vectors"] == "milvus":
-            from .cluster.milvus import confs as milvus_confs
+            from ..cluster.milvus import confs as milvus_confs
 
             indexes, conf = [MilvusSearch(parts.milvus, store)], milvus_confs["milvus"]
         else:
@@ -234,12 +235,12 @@ class Snapshot:
             shards, rows = columns.shard[positions], columns.row[positions]
             for shard in np.unique(shards).tolist():
                 if shard not in maps:
-                    maps[shard] = store.read_whitened(columns.shards[shard])
+                    maps[shard] = store.derived_files.read_whitened(columns.shards[shard])
                 chosen = np.flatnonzero(shards == shard)
                 try:
                     block = maps[shard][rows[chosen]]
                 except FileNotFoundError as exc:  # removed by a later commit: the search retries on it
-                    raise store._gone_or(store.derived_path(columns.shards[shard], "w"), exc) from None
+                    raise store.unreadable(store.derived_files.path(columns.shards[shard], "w"), exc) from None
                 if out is None:
                     out = np.empty((len(positions), *block.shape[1:]), np.float32)
                 out[chosen] = block
@@ -250,11 +251,11 @@ class Snapshot:
 
     def faiss_indexes(self, parts: Learned) -> list:
         """The mapped base file of the IVF-PQ index, and the shards added since assembled from their codes."""
-        base, included = self.store.read_vector_base()
+        base, included = self.store.derived_files.read_vector_base()
         delta = parts.trained
         for shard in self.store.live_shards():
             if shard not in included:
-                vectors.add_shard(delta, shard, self.store.read_codes(shard), parts.per_image)
+                vectors.add_shard(delta, shard, self.store.derived_files.read_codes(shard), parts.per_image)
         return [index for index in (base, delta) if index is not None and index.ntotal]
 
 
@@ -266,14 +267,14 @@ class MilvusSearch:
         self.regions, self.store, self.nprobe = regions, store, None
 
     def search(self, vectors_: np.ndarray, k: int):
-        from .cluster.milvus import MilvusGone
+        from ..cluster.milvus import MilvusGone
 
         try:
             return self.regions.search(vectors_, k)
         except MilvusGone as exc:
             if self.store.changed():
                 raise SnapshotGone(f"Milvus collection {self.regions.name} was replaced by a newer commit") from None
-            from .cluster import public
+            from ..cluster import public
 
             raise BackendError(f"searching Milvus at {public(self.regions.uri)} failed: {exc}") from None
 

@@ -17,8 +17,8 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SpotitError
-from .images import Box, image_id, read_box_file
+from ..errors import SpotitError
+from ..images import Box, image_id, read_box_file
 
 REVISITED = {"gnd_roxford5k.pkl": "roxford5k", "gnd_rparis6k.pkl": "rparis6k"}
 

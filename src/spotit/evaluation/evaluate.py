@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import backbones
+from ..errors import SpotitError
+from ..features import backbones
+from ..index import METHODS, Index
+from ..storage.store import Store
 from .datasets import Dataset, load_dataset
-from .errors import SpotitError
-from .index import METHODS, Index
 from .metrics import mean_metrics, ns_score, query_metrics
-from .store import Store
 
 KAPPAS = (1, 5, 10)
 
@@ -145,14 +144,3 @@ def format_result(result: dict) -> str:
                      f"relevant results overlap the object with IoU >= 0.5; {result['false_boxes_top10']} boxes on "
                      f"false positives in the top 10s")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """`python -m spotit.evaluate DATASET ...` is `spotit eval DATASET ...`."""
-    from .cli import main as cli_main
-
-    return cli_main(["eval", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

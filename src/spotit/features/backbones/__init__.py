@@ -2,7 +2,7 @@
 
 Each backbone is defined in PyTorch, exported once to ONNX (cached, keyed by backbone and weights hash)
 and run on onnxruntime, which is several times faster than eager PyTorch on a laptop CPU.
-Pooling the feature maps into descriptors is left to `spotit.pooling`.
+Pooling the feature maps into descriptors is left to `spotit.features.pooling`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpotitError
-from ..fileio import atomic_path
+from ...errors import SpotitError
+from ...fileio import atomic_path
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 

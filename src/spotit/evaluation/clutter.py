@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .errors import SpotitError
-from .images import list_images, load_image
+from ..errors import SpotitError
+from ..images import list_images, load_image
 
 SCENE_SIDE = 800
 

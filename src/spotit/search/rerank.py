@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .local_features import LocalFeatures
-from .pooling import l2_normalise
+from ..features.local_features import LocalFeatures
+from ..features.pooling import l2_normalise
 from .ranking import rank
-from .verify import Verification, confs as verify_confs, map_box, verify_many
+from .verify import Verification, map_box, verify_many
+from .verify import confs as verify_confs
 
 confs = {
     # Verified images (inliers >= min_inliers) get weight * inliers / (inliers + half) on top of their CNN

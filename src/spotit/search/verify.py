@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .local_features import LocalFeatures, unpack_levels
+from ..features.local_features import LocalFeatures, unpack_levels
 from .matching import ratio_matches_unit
 
 confs = {

@@ -15,10 +15,10 @@ import secrets
 import numpy as np
 from tqdm import tqdm
 
-from . import vectors
-from .global_features import region_values
+from ..features.global_features import region_values
+from ..features.whitening import MAX_SAMPLES, Whitening
+from ..search import vectors
 from .store import Store
-from .whitening import MAX_SAMPLES, Whitening
 
 GROWTH = 2.0  # learn again when the gallery has grown or shrunk by this factor since the last learning
 BASE_DELTA = 0.25  # write the vector index's base again when a quarter of the photos are outside it
@@ -34,7 +34,7 @@ class Learned:
 
     @classmethod
     def read(cls, store: Store) -> "Learned":
-        arrays, index_bytes = store.read_learned()
+        arrays, index_bytes = store.derived_files.read_learned()
         whitening = Whitening(arrays["mean"], arrays["projection"]) if "mean" in arrays else None
         trained = None
         if index_bytes is not None:
@@ -54,20 +54,20 @@ class Learned:
 
     def derive(self, store: Store, shard: str) -> None:
         """Write a shard's whitened regions (and their codes) for these learned parts."""
-        whitened = self.whiten(store.read_rows(shard, "regions"))
+        whitened = self.whiten(store.shards.read_rows(shard, "regions"))
         codes = None if self.trained is None else vectors.encode(self.trained, whitened.reshape(-1, whitened.shape[-1]))
         if self.milvus is not None:  # before the derived files: their presence says the shard is complete
             stored = vectors.QuantisedRows(*vectors.quantise(whitened))[:]  # what searches re-score with
             ids = vectors.region_ids(vectors.photo_vid(vectors.shard_number(shard), np.arange(len(stored))), self.per_image)
             self.milvus.add(ids, stored.reshape(-1, stored.shape[-1]))
-        store.write_derived(shard, self.version, whitened, codes)
+        store.derived_files.write(shard, self.version, whitened, codes)
 
 
 def milvus_regions(learned: dict | None):
     """The Milvus collection of `learned` parts, or None when they keep their regions in faiss."""
     if not learned or learned.get("vectors") != "milvus":
         return None
-    from .cluster.milvus import MilvusRegions
+    from ..cluster.milvus import MilvusRegions
 
     return MilvusRegions(learned["uri"], learned["collection"])
 
@@ -96,21 +96,21 @@ def sample_regions(store: Store, limit: int = MAX_SAMPLES, seed: int = 0) -> tup
     """Raw regions of randomly chosen photos, about `limit` in all, as (n, C); and the regions per photo."""
     rng = np.random.default_rng(seed)
     members = store.placements()
-    first = store.read_rows(next(iter(members)), "regions", [members[next(iter(members))][0][1]])
+    first = store.shards.read_rows(next(iter(members)), "regions", [members[next(iter(members))][0][1]])
     per_image = first.shape[1]
     photos = [(shard, row) for shard, rows in members.items() for _, row in rows]
     chosen = rng.choice(len(photos), min(len(photos), max(1, limit // per_image)), replace=False)
     by_shard: dict[str, list[int]] = {}
     for i in chosen:
         by_shard.setdefault(photos[i][0], []).append(photos[i][1])
-    blocks = [store.read_rows(shard, "regions", sorted(set(rows))) for shard, rows in sorted(by_shard.items())]
+    blocks = [store.shards.read_rows(shard, "regions", sorted(set(rows))) for shard, rows in sorted(by_shard.items())]
     return region_values(np.concatenate(blocks).reshape(-1, first.shape[-1])), per_image
 
 
 def learn(store: Store, conf: dict, choice: str) -> Learned:
     """Learn new parts from a sample of the gallery and write them (not yet committed)."""
     sample, per_image = sample_regions(store)
-    version = store.next_learned_version()
+    version = store.derived_files.next_version()
     whitening = Whitening.fit(sample.astype(np.float32), conf["whiten"], conf["whiten_power"])
     kind = vectors.resolve(choice, len(store.images))
     trained = None
@@ -126,10 +126,10 @@ def learn(store: Store, conf: dict, choice: str) -> Learned:
     arrays = {"per_image": np.array(per_image)}
     if whitening is not None:
         arrays.update(mean=whitening.mean, projection=whitening.projection)
-    store.write_learned(version, arrays, index_bytes)
+    store.derived_files.write_learned(version, arrays, index_bytes)
     learned = {"version": version, "photos": len(store.images), "vectors": kind}
     if kind == "milvus":
-        from .cluster.milvus import MilvusRegions, collection_name
+        from ..cluster.milvus import MilvusRegions, collection_name
 
         if store.manifest.get("uid_root") != os.path.realpath(store.root):  # a copy: collections of its own
             store.manifest.update(uid=secrets.token_hex(6), uid_root=os.path.realpath(store.root))
@@ -150,7 +150,7 @@ def bring_up_to_date(store: Store, conf: dict, choice: str, progress: bool = Fal
     if due(store, choice):
         learned, todo = learn(store, conf, choice), store.live_shards()
     else:
-        todo = [shard for shard in store.live_shards() if not store.has_derived(shard)]
+        todo = [shard for shard in store.live_shards() if not store.derived_files.has(shard)]
     if todo:
         learned = learned or Learned.read(store)
         for shard in tqdm(todo, desc="deriving", unit="shard", disable=not progress or len(todo) < 8):
@@ -180,9 +180,9 @@ def write_base(store: Store, learned: "Learned") -> None:
     index = faiss.clone_index(learned.trained)
     shards = store.live_shards()
     for shard in shards:
-        vectors.add_shard(index, shard, store.read_codes(shard), learned.per_image)
-    name = f"vectors-{store.next_learned_version()}.faiss"
-    store.write_vector_base(name, faiss.serialize_index(index))
+        vectors.add_shard(index, shard, store.derived_files.read_codes(shard), learned.per_image)
+    name = f"vectors-{store.derived_files.next_version()}.faiss"
+    store.derived_files.write_vector_base(name, faiss.serialize_index(index))
     store.manifest["learned"] = {**store.learned, "base": {"file": name, "shards": shards}}
 
 
@@ -194,11 +194,11 @@ def bring_global_base_up_to_date(store: Store, choice: str) -> bool:
     if not base_due(store, store.manifest.get("global_base")):
         return False
     shards = store.live_shards()
-    shapes = [store.dense_shape(shard, "global") for shard in shards]
+    shapes = [store.shards.dense_shape(shard, "global") for shard in shards]
     index = vectors.fp16_flat(shapes[0][1], sum(rows for rows, _ in shapes),
-                              (store.read_rows(shard, "global") for shard in shards))
-    name = f"globals-{store.next_learned_version()}.faiss"
-    store.write_global_base(name, index)
+                              (store.shards.read_rows(shard, "global") for shard in shards))
+    name = f"globals-{store.derived_files.next_version()}.faiss"
+    store.derived_files.write_global_base(name, index)
     store.manifest["global_base"] = {"file": name, "shards": shards, "rows": [rows for rows, _ in shapes]}
     return True
 
@@ -207,7 +207,7 @@ def remove_unused_vectors(store: Store, before: dict | None, shards_before: set[
     """After a commit: drop the Milvus collections of this index that no committed state uses (learned
     versions replaced, a Milvus left for faiss), and the regions of shards that compaction replaced."""
     now, before = store.learned or {}, before or {}
-    from .cluster.milvus import drop_unused
+    from ..cluster.milvus import drop_unused
 
     if (before.get("uri"), before.get("collection")) != (now.get("uri"), now.get("collection")):
         for learned in (before, now):  # only when the learned parts changed: else there is nothing to drop

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import SpotitError
 from . import backbones, global_features
-from .errors import SpotitError
 from .local_features import SiftExtractor
 
 DENSE_KINDS = ("global", "regions")  # one fixed-size array per image; the others are keypoint lists

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import SpotitError
+from ..errors import SpotitError
 
 FILE = "catalogue.db"
 SIDE_FILES = (FILE + "-wal", FILE + "-shm", FILE + "-journal")  # SQLite's own, never touched by spotit
@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS images (
     width INTEGER, height INTEGER, stale INTEGER NOT NULL DEFAULT 0, taken INTEGER
 ) WITHOUT ROWID;
 """
-_FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height", "taken")  # taken: EXIF date, seconds (scope.py)
+_FIELDS = ("shard", "row", "size", "mtime_ns", "width", "height", "taken")  # taken: EXIF date, seconds (search/scope.py)
 _COLUMNS = ", ".join(("name", *_FIELDS, "stale"))
 NO_DATE = np.iinfo(np.int64).min  # `taken` of a photo without a date, in Columns
 _ALL = f"SELECT {_COLUMNS} FROM images ORDER BY name"  # every photo's row as it is
@@ -249,51 +249,6 @@ def columns_of(rows, shard_names: dict[int, str] | None = None, stamps: Callable
         files = [shard_names[n] for n in numbers.tolist()]
     return Columns(decode_all(names), files, shard.astype(np.int32), _ints(row, np.int32), _ints(width, np.int32),
                    _ints(height, np.int32), stamps)
-
-
-def catalogue_at(root: str | os.PathLike):
-    """The catalogue of the index folder `root`: the SQLite one inside it, unless the folder points to one in
-    Milvus (an index that several machines share: cluster/milvus_catalogue.py)."""
-    from .cluster.milvus_catalogue import POINTER, MilvusCatalogue  # pymilvus is imported only when used
-
-    return MilvusCatalogue.at(Path(root)) if (Path(root) / POINTER).is_file() else Catalogue(root)
-
-
-def catalogue_for(root: str | os.PathLike, where: str | None):
-    """The catalogue a new state of the folder `root` goes to: where it is now, or `where` ("sqlite", or a
-    Milvus URI) if given; it becomes the folder's with `make_current` once it holds that state."""
-    current = catalogue_at(root)
-    if where is None or where == describe(current):
-        return current
-    if where == "sqlite":
-        return Catalogue(root)
-    from .cluster.milvus_catalogue import MilvusCatalogue
-
-    wanted = MilvusCatalogue.new(Path(root), where)
-    return current if wanted.uri == getattr(current, "uri", None) else wanted
-
-
-def describe(catalogue) -> str:
-    """"sqlite", or the Milvus URI that holds the catalogue."""
-    return getattr(catalogue, "uri", "sqlite")
-
-
-def make_current(root: str | os.PathLike, catalogue) -> None:
-    """Point the folder `root` to `catalogue` (which holds a committed state) and remove the one it replaces."""
-    current = catalogue_at(root)
-    if isinstance(catalogue, Catalogue):
-        if not isinstance(current, Catalogue):
-            current.path.unlink()
-            current.drop()
-        return
-    if getattr(current, "prefix", None) == catalogue.prefix:
-        return
-    catalogue.point()
-    if isinstance(current, Catalogue):
-        for name in (FILE, *SIDE_FILES):
-            (Path(root) / name).unlink(missing_ok=True)
-    else:
-        current.drop()
 
 
 class Catalogue:

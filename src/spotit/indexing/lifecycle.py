@@ -7,12 +7,12 @@ import os
 import secrets
 from pathlib import Path
 
-from . import backbones, global_features, local_features, vectors
-from .errors import SpotitError
-from .lock import WriterLock
-from .searcher import METHOD_KINDS
-from .catalogue import catalogue_for, describe
-from .store import FORMAT, Store, check_index_folder, read_manifest
+from ..errors import SpotitError
+from ..features import backbones, global_features, local_features
+from ..search import vectors
+from ..search.searcher import METHOD_KINDS
+from ..storage.lock import WriterLock
+from ..storage.store import FORMAT, Store, catalogue_for, check_index_folder, describe, read_manifest
 
 METHODS = tuple(METHOD_KINDS)
 DEFAULT_CONFS = {"global": "seed", "regions": "gem-regions", "sift": "seed", "verify": "verify"}
@@ -55,11 +55,11 @@ def open_or_create(path: Path, gallery, methods, backbone: str, weights, rebuild
     if vectors_choice is not None:
         vectors_choice = vectors.parse_choice(vectors_choice)  # refuses an unknown one
         if vectors.resolve(vectors_choice, 0) == "milvus":  # reachable, before the index records it
-            from .cluster.milvus import client
+            from ..cluster.milvus import client
 
             client(vectors_choice)
     if catalogue_choice not in (None, "sqlite"):
-        from .cluster.milvus import client, is_uri, normalise_uri
+        from ..cluster.milvus import client, is_uri, normalise_uri
 
         if not is_uri(catalogue_choice):
             raise SpotitError(f"--catalogue {catalogue_choice}: give sqlite (in the index folder), a Milvus Lite "
