@@ -28,7 +28,7 @@ from spotit import Index  # noqa: E402
 from spotit.evaluation.datasets import load_dataset  # noqa: E402
 from spotit.evaluation.evaluate import run_queries  # noqa: E402
 from spotit.features.local_features import LocalFeatures, expand  # noqa: E402
-from spotit.search.searcher import Snapshot  # noqa: E402
+from spotit.search.snapshot import Snapshot  # noqa: E402
 
 SETTINGS = [(None, 8), (None, 4), (500, 8), (500, 4), (300, 4), (200, 4)]  # (keypoints kept, descriptor bits)
 

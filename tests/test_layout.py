@@ -1,5 +1,6 @@
-"""The package's modules import one way: no module reaches itself through the modules it imports
-(lazy imports inside functions included), so each stage can be read, tested and replaced on its own."""
+"""The package's modules import one way: each stage of the pipeline only from the stages below it, and
+no module reaches itself through the modules it imports (lazy imports inside functions included), so each
+stage can be read, tested and replaced on its own."""
 
 import ast
 from pathlib import Path
@@ -72,10 +73,33 @@ def test_the_cycle_finder_finds_a_cycle_and_only_one():
 
 def test_the_graph_sees_relative_imports_in_packages_and_modules():
     graph = import_graph()
-    assert "spotit.storage.store" in graph["spotit.search.searcher"]
+    assert "spotit.storage.store" in graph["spotit.search.snapshot"]
     assert "spotit.features.backbones" in graph["spotit.features.extractors"]  # `from . import backbones`
 
 
 def test_no_module_of_spotit_imports_itself_through_others():
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+# the pipeline's stages, lowest first: a module imports only from its own stage or lower ones
+# (cluster/ is left out: its backends plug into storage and indexing, which choose them lazily)
+STAGES = ["errors", "raw", "images", "fileio", "features", "vectors", "storage", "indexing", "search", "index",
+          "grid", "demo", "evaluation", "app", "cli", "_main"]
+
+
+def stage_of(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_each_stage_imports_only_the_stages_below_it_and_searches_never_the_writer():
+    assert set(STAGES) | {"cluster"} == {stage_of(m) for m in import_graph()}, "a new stage must be placed in STAGES"
+    wrong = []
+    for module, imported in sorted(import_graph().items()):
+        for other in sorted(imported):
+            a, b = stage_of(module), stage_of(other)
+            if "cluster" in (a, b) or a == b:
+                continue
+            if STAGES.index(b) > STAGES.index(a) or (a, b) == ("search", "indexing"):
+                wrong.append(f"{module} imports {other}")
+    assert not wrong, "; ".join(wrong)

@@ -14,8 +14,9 @@ from PIL import Image
 from spotit import Index
 from spotit.cli import main
 from spotit.errors import SpotitError
+from spotit.images import taken
 from spotit.search import verdict
-from spotit.search.scope import parse_date, taken
+from spotit.search.scope import parse_date
 from spotit.storage.store import Store
 
 SPOTIT = [sys.executable, "-m", "spotit.cli"]

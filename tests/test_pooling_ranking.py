@@ -3,7 +3,7 @@ import pytest
 
 from spotit.features.pooling import average, gem, l2_normalise, max_
 from spotit.search.ranking import rank, ranklist_line, read_ranklist, write_ranklist
-from spotit.search.vectors import region_scores
+from spotit.vectors import region_scores
 
 
 def test_poolings_on_a_hand_worked_map():

@@ -3,8 +3,8 @@ import pytest
 
 from spotit.features.local_features import empty_features
 from spotit.search import rerank
-from spotit.search.vectors import ExactRegions
 from spotit.search.verify import Verification
+from spotit.vectors import ExactRegions
 
 
 def test_every_verified_result_among_the_best_expands_the_query():

@@ -9,7 +9,8 @@ import pytest
 
 from spotit import Index
 from spotit.errors import SpotitError
-from spotit.search.vectors import (
+from spotit.storage.catalogue import Catalogue
+from spotit.vectors import (
     AUTO_EXACT_PHOTOS,
     ID_STRIDE,
     ApproximateRegions,
@@ -22,7 +23,6 @@ from spotit.search.vectors import (
     region_ids,
     train,
 )
-from spotit.storage.catalogue import Catalogue
 
 
 def search(index: Index, demo) -> list[tuple[str, float]]:
@@ -288,7 +288,7 @@ def test_removing_photos_rewrites_only_the_shards_they_emptied(demo, photo_names
 
 
 def test_auto_changes_the_vector_index_kind_only_when_it_learns_again(demo, photo_names, tmp_path, monkeypatch):
-    monkeypatch.setattr("spotit.search.vectors.AUTO_EXACT_PHOTOS", 10)
+    monkeypatch.setattr("spotit.vectors.AUTO_EXACT_PHOTOS", 10)
     gallery = subset(demo, tmp_path / "gallery", photo_names[:8])
     index = Index.create(tmp_path / "idx", gallery, ["hybrid"])
     index.update(progress=False)

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, vectors
 from .cluster.milvus import TOKEN_ENV as MILVUS_TOKEN_ENV
 from .errors import SpotitError
 from .features import backbones
@@ -31,7 +31,6 @@ from .images import (
 )
 from .index import DEFAULT_METHOD, METHODS, Index, default_index_dir, parse_methods, query_photos
 from .indexing.watch import SETTLE_S
-from .search import vectors
 from .search.ranking import format_name, ranklist_line, write_ranklist
 from .search.scope import Scope
 from .storage.store import describe

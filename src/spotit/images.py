@@ -1,7 +1,8 @@
-"""Finding, loading and cropping images; parsing query boxes."""
+"""Finding, loading and cropping images; when a photo was taken (EXIF); parsing query boxes."""
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import fnmatch
 import io
@@ -477,3 +478,18 @@ def resize_max_side(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray
     scale = max_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), scale
+
+
+_EXIF_IFD, _DATE_TIME_ORIGINAL, _DATE_TIME = 0x8769, 0x9003, 0x0132  # EXIF tags
+
+
+def taken(path: str | os.PathLike) -> int | None:
+    """When the photo was taken, from its EXIF, as seconds since 1970 read as UTC; None if it says not."""
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            text = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
+        when = dt.datetime.strptime(str(text).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except Exception:  # no EXIF, a format Pillow cannot open (some camera raws), a malformed date
+        return None
+    return int(when.replace(tzinfo=dt.timezone.utc).timestamp())

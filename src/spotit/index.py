@@ -17,13 +17,14 @@ import numpy as np
 
 from .errors import SpotitError
 from .features import backbones
-from .features.extractors import Extractors
+from .features.extractors import METHOD_KINDS, Extractors
 from .images import DEFAULT_MAX_PIXELS, Box, as_boxes, as_image, check_box
 from .indexing import lifecycle
 from .indexing.lifecycle import METHODS, default_index_dir, feature_settings, kinds_of, parse_methods
 from .indexing.updater import Updater, UpdateReport
 from .search.scope import Scope
-from .search.searcher import METHOD_KINDS, Result, Searcher, Snapshot
+from .search.searcher import Result, Searcher
+from .search.snapshot import Snapshot
 from .storage.lock import WriterLock, update_running
 from .storage.store import SnapshotGone, Store
 

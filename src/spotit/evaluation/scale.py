@@ -53,10 +53,10 @@ from ..images import assign_ids, load_image
 from ..index import Index
 from ..indexing.lifecycle import kinds_of
 from ..search import rerank
-from ..search.vectors import global_kind
 from ..storage.derived import Learned, bring_global_base_up_to_date, bring_up_to_date
 from ..storage.lock import WriterLock
 from ..storage.store import Store, check_index_folder
+from ..vectors import global_kind
 from .datasets import load_dataset
 from .evaluate import eval_index, run_queries
 

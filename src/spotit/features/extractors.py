@@ -15,6 +15,8 @@ from . import backbones, global_features
 from .local_features import SiftExtractor
 
 DENSE_KINDS = ("global", "regions")  # one fixed-size array per image; the others are keypoint lists
+# search method -> the feature kinds it reads from the index
+METHOD_KINDS = {"cnn": ["global"], "sift": ["sift"], "regional": ["regions"], "hybrid": ["regions", "verify"]}
 
 
 class Extractors:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 
 from ..features.extractors import Extractors
-from ..images import ImageError, load_image
-from ..search.scope import taken
+from ..images import ImageError, load_image, taken
 
 
 def load_and_extract(features: Extractors, gallery: str, name: str, kinds: list[str], max_pixels: int | None):

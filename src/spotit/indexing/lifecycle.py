@@ -7,10 +7,10 @@ import os
 import secrets
 from pathlib import Path
 
+from .. import vectors
 from ..errors import SpotitError
 from ..features import backbones, global_features, local_features
-from ..search import vectors
-from ..search.searcher import METHOD_KINDS
+from ..features.extractors import METHOD_KINDS
 from ..storage.lock import WriterLock
 from ..storage.store import FORMAT, Store, catalogue_for, check_index_folder, describe, read_manifest
 

@@ -1,6 +1,5 @@
 """From a query to a ranking: shortlist, verify, re-rank, and say whether each result shows the object.
 
-    vectors.py    the shortlists: regions (exact in memory, or faiss IVF-PQ at scale), the cnn method's vectors
     matching.py   descriptor matching between two photos
     verify.py     spatial verification: one sound geometric transform, or none
     localise.py   where a verified object lies in a gallery photo
@@ -8,5 +7,8 @@
     verdict.py    yes / maybe / no, with a probability
     ranking.py    scores to rankings, and the rank-list file format
     scope.py      a part of the gallery to search (folder, dates taken)
-    searcher.py   searching one committed state of an index with each method
+    snapshot.py   one committed state as searches hold it: its arrays and vector indexes, loaded once
+    searcher.py   searching a snapshot with each method
+
+The shortlists' vector index (spotit/vectors.py) lies below: the writer builds it, searches read it.
 """

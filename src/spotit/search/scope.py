@@ -1,7 +1,7 @@
 """Part of a gallery to search: a folder in it (`under`) and a range of dates taken (`since`, `until`).
 
-Dates come from the photo's EXIF (DateTimeOriginal, else DateTime), read when it is indexed; a photo
-without one is outside any date range. EXIF times carry no time zone: they are compared as written."""
+Dates come from the photo's EXIF (DateTimeOriginal, else DateTime: images.taken), read when it is
+indexed; a photo without one is outside any date range. EXIF times carry no time zone: they are compared as written."""
 
 from __future__ import annotations
 
@@ -11,24 +11,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ..errors import SpotitError
 from ..storage.catalogue import NO_DATE, encode
-
-_EXIF_IFD, _DATE_TIME_ORIGINAL, _DATE_TIME = 0x8769, 0x9003, 0x0132
-
-
-def taken(path: str | os.PathLike) -> int | None:
-    """When the photo was taken, from its EXIF, as seconds since 1970 read as UTC; None if it says not."""
-    try:
-        with Image.open(path) as img:
-            exif = img.getexif()
-            text = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
-        when = dt.datetime.strptime(str(text).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-    except Exception:  # no EXIF, a format Pillow cannot open (some camera raws), a malformed date
-        return None
-    return int(when.replace(tzinfo=dt.timezone.utc).timestamp())
 
 
 def parse_date(value, end: bool = False, option: str = "date") -> int | None:

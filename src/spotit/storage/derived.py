@@ -15,9 +15,9 @@ import secrets
 import numpy as np
 from tqdm import tqdm
 
+from .. import vectors
 from ..features.global_features import region_values
 from ..features.whitening import MAX_SAMPLES, Whitening
-from ..search import vectors
 from .store import Store
 
 GROWTH = 2.0  # learn again when the gallery has grown or shrunk by this factor since the last learning

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import vectors
 from ..errors import SpotitError
 from ..fileio import FileArray, atomic_path, atomic_write_bytes
-from ..search import vectors
 
 
 class DerivedFiles:

@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from ..errors import SpotitError
+from .errors import SpotitError
 
 confs = {
     # exact: every region in memory as float32, scored by one product (what spotit 0.1 did)
@@ -48,7 +48,7 @@ def photo_vid(shard_number: int, row):
 
 def parse_choice(choice: str) -> str:
     """--vectors as the index records it: a faiss kind ("faiss" is "auto") or a Milvus URI (cluster/milvus.py)."""
-    from ..cluster.milvus import is_uri, normalise_uri
+    from .cluster.milvus import is_uri, normalise_uri
 
     if choice == "faiss":
         return "auto"
@@ -63,7 +63,7 @@ def parse_choice(choice: str) -> str:
 def resolve(choice: str, photos: int) -> str:
     """The vector index kind for a gallery of `photos`: "milvus" for a Milvus URI, else `choice` itself
     unless it is "auto"."""
-    from ..cluster.milvus import is_uri
+    from .cluster.milvus import is_uri
 
     if is_uri(choice):
         return "milvus"
