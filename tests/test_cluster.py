@@ -145,6 +145,34 @@ def test_an_unreachable_ray_cluster_is_one_line_at_once(demo, tmp_path, capsys):
     assert not (tmp_path / "idx").exists()  # said before any work
 
 
+def test_ray_auto_with_no_cluster_running_is_one_line_before_any_work(demo, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from ray._private import services
+
+    # what Ray looks for: the cluster `ray start` last recorded, and any Ray running on this machine
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet", "--ray", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot connect to Ray at auto: no Ray cluster is running here" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "idx").exists()
+
+
+def test_ray_auto_reads_ray_address_and_checks_it(demo, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # nothing answers there
+    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet", "--ray", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach Ray at auto (" in err and f":{port}): nothing answers" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "idx").exists()
+
+
 def test_a_named_ray_cluster_without_ray_installed_is_one_line_before_any_work(demo, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
     code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet", "--ray", "head:6379"])

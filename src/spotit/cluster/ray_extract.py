@@ -110,15 +110,37 @@ def end_processes_since(before: set, timeout: float = 10) -> None:
 
 
 def check_reachable(address: str, timeout: float = 5) -> None:
-    """A cluster address (host:port or ray://host:port) must answer at once: Ray itself retries for minutes."""
-    if address in ("local", "auto"):
+    """A cluster address (host:port or ray://host:port) must answer at once: Ray itself retries for minutes.
+    "auto" is the cluster that $RAY_ADDRESS names, else the one `ray start` last started on this machine."""
+    if address == "local":
         return
+    said = address
+    if address == "auto":
+        address = auto_address()
+        if address is None:
+            return
+        said = f"auto ({public(address)})"
     host, _, port = address.split("://")[-1].rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except (OSError, ValueError):
-        raise BackendError(f"cannot reach Ray at {public(address)}: nothing answers there (give the head node's "
+        raise BackendError(f"cannot reach Ray at {public(said)}: nothing answers there (give the head node's "
                            "host:port, or ray://host:10001 for a Ray client server)") from None
+
+
+def auto_address() -> str | None:
+    """The address Ray reads "auto" as (host:port), or None where this Ray cannot say before connecting."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address  # Ray's own reading; not public API
+    except ImportError:
+        return None
+    try:
+        return canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        raise BackendError("cannot connect to Ray at auto: no Ray cluster is running here, and $RAY_ADDRESS names "
+                           "none (start one with `ray start --head`, or give --ray host:port)") from None
+    except ValueError as exc:
+        raise BackendError(f"cannot connect to Ray at auto: {first_line(exc)}") from None
 
 
 @contextlib.contextmanager
