@@ -165,12 +165,13 @@ def test_ray_auto_reads_ray_address_and_checks_it(demo, tmp_path, monkeypatch, c
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # nothing answers there
-    code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet", "--ray", "auto"])
-    err = capsys.readouterr().err
-    assert code == 2 and "cannot reach Ray at auto (" in err and f":{port}): nothing answers" in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "idx").exists()
+    for named in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):  # nothing answers there
+        monkeypatch.setenv("RAY_ADDRESS", named)
+        code = main(["index", str(demo["gallery"]), "--index", str(tmp_path / "idx"), "--quiet", "--ray", "auto"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"cannot reach Ray at auto ({named}): nothing answers" in err, err
+        assert "Traceback" not in err
+        assert not (tmp_path / "idx").exists()
 
 
 def test_a_named_ray_cluster_without_ray_installed_is_one_line_before_any_work(demo, tmp_path, monkeypatch, capsys):

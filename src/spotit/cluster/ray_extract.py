@@ -129,7 +129,10 @@ def check_reachable(address: str, timeout: float = 5) -> None:
 
 
 def auto_address() -> str | None:
-    """The address Ray reads "auto" as (host:port), or None where this Ray cannot say before connecting."""
+    """The address Ray reads "auto" as, or None where this Ray cannot say before connecting."""
+    named = os.environ.get("RAY_ADDRESS", "")
+    if named not in ("", "auto", "local"):  # as ray.init reads it: a ray:// client address too
+        return named
     try:
         from ray._private.services import canonicalize_bootstrap_address  # Ray's own reading; not public API
     except ImportError:
