@@ -40,7 +40,8 @@ STEPS = [
     ("+ query expansion from every verified result", "hybrid", "gem-regions", "expansion"),
     ("+ a boxed object's weak fits confirmed on the photo", "hybrid", "gem-regions", "confirmed"),
     ("+ a whole photo like many others scores lower", "hybrid", "gem-regions", "hubness"),
-    ("+ a box's fit needs an inlier in its centre (default)", "hybrid", "gem-regions", "default"),
+    ("+ a box's fit needs an inlier in its centre", "hybrid", "gem-regions", "inlier-in-centre"),
+    ("+ a whole photo's unverified matches count a little (default)", "hybrid", "gem-regions", "default"),
 ]
 
 

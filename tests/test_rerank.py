@@ -78,3 +78,27 @@ def test_a_whole_photo_like_many_others_ranks_below_one_as_similar_that_is_like_
     assert np.median(scores) == pytest.approx(np.median(upright), abs=0.05)  # scores keep their scale
     assert final(True, rerank.confs["default"])[0] > final(True, rerank.confs["default"])[3]  # a boxed object: no
     assert np.array_equal(final(False, rerank.confs["confirmed"]), upright)  # the ablation step before it
+
+
+def test_a_whole_photos_unverified_matches_lift_it_a_little_and_never_above_a_verified_one(monkeypatch):
+    upright = np.array([0.50, 0.48, 0.40, 0.30])
+    found = [Verification(0, None, matches=2), Verification(0, None, matches=30),
+             Verification(8, np.eye(3), 8.0, matches=40), Verification(0, None, matches=0)]
+    monkeypatch.setattr(rerank, "verify_many", lambda *args: found)
+    nothing = empty_features()
+
+    def final(boxed, conf):
+        conf = {**conf, "qe": 0, "density_weight": 0.0}
+        return rerank.rerank(nothing, (100, 100), boxed, ["a", "b", "c", "d"], upright.copy(), np.full(4, -np.inf),
+                             lambda name, row: nothing, np.full((4, 2), 100), conf, crowded_gallery(), np.eye(8)[0],
+                             alike=lambda row, transform: 0.0)[0]
+
+    conf = rerank.confs["default"]
+    scores = final(False, conf)
+    assert scores[1] > scores[0]  # another view of the scene: many matches, no single plane
+    assert scores[2] > scores[1]  # a verified photo stays above any unverified one it was close to
+    assert conf["matches_weight"] < rerank.bonus(conf["min_inliers"], conf)
+    assert scores[3] == pytest.approx(upright[3])
+    assert np.allclose(scores - upright, rerank.added([0, 0, 8, 0], [2, 30, 40, 0], False, conf))
+    assert final(True, conf)[0] > final(True, conf)[1]  # a boxed object: no
+    assert final(False, rerank.confs["inlier-in-centre"])[0] > final(False, rerank.confs["inlier-in-centre"])[1]

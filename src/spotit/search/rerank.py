@@ -33,13 +33,20 @@ confs = {
     # high against any query of its kind, so its score loses `density_weight` times how alike it is to its
     # `density_k` nearest photos, relative to the shortlist's median (hubness reduction). Not for a boxed
     # object: a photo's neighbours are those of its scene, which says nothing about one object in it.
+    # A whole photo that no homography verifies may still show the same place from elsewhere (a scene has
+    # depth): its ratio-test matches, as the seed's SIFT method counts them, are weak evidence. Unverified,
+    # it gains up to `matches_weight` (less than the least a verified photo gains), half of that at
+    # `matches_half` matches. Not for a boxed object: a box's surroundings match other photos of its place
+    # as well as the object does (it helped one clutter set and hurt three).
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
                 "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True,
-                "confirm_from": 3, "confirm_alike": 0.35, "density_weight": 0.3, "density_k": 10},
+                "confirm_from": 3, "confirm_alike": 0.35, "density_weight": 0.3, "density_k": 10,
+                "matches_weight": 0.1, "matches_half": 10},
 }
 # steps of the ablation in benchmarks/ablation.py; "v0.1" is spotit 0.1's hybrid
-confs["hubness"] = {**confs["default"], "verify": "weighted"}
+confs["inlier-in-centre"] = {**confs["default"], "matches_weight": 0.0}
+confs["hubness"] = {**confs["inlier-in-centre"], "verify": "weighted"}
 confs["confirmed"] = {**confs["hubness"], "density_weight": 0.0}
 confs["expansion"] = {**confs["confirmed"], "confirm_from": None}
 confs["views"] = {**confs["expansion"], "qe_min_inliers": 15}
@@ -66,6 +73,18 @@ def bonus(inliers, conf: dict):
 
 def fuse(cnn: np.ndarray, inliers: np.ndarray, conf: dict) -> np.ndarray:
     return cnn + bonus(inliers, conf)
+
+
+def hint(matches, inliers, conf: dict):
+    """What a whole photo's ratio-test matches add where it is not verified (see confs)."""
+    matches = np.asarray(matches, np.float64)
+    unverified = np.asarray(inliers) < conf["min_inliers"]
+    return np.where(unverified, conf["matches_weight"] * matches / (matches + conf["matches_half"]), 0.0)
+
+
+def added(inliers, matches, boxed, conf: dict):
+    """All that verification adds to a CNN score: the bonus, and for a whole photo (not `boxed`) the hint."""
+    return bonus(inliers, conf) + np.where(boxed, 0.0, hint(matches, inliers, conf))
 
 
 def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]:
@@ -98,8 +117,9 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
     if boxed and alike is not None:
         confirm(checks, alike, conf)
     inliers = np.zeros(len(names))  # the evidence: inliers weighted by where they lie in the box
+    matches = np.zeros(len(names))
     for i, check in checks.items():
-        inliers[i] = check.score
+        inliers[i], matches[i] = check.score, check.matches
     verified = inliers >= conf["min_inliers"]
     # a verified image seen turned counts with the rotated query's score
     base = np.where(verified, np.maximum(upright, rotated), upright)
@@ -111,7 +131,7 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
             base = np.maximum(base, regions.requery(expanded)[0])
-    scores = fuse(base, inliers, conf)
+    scores = base + added(inliers, matches, boxed, conf)
     if not boxed and conf["density_weight"] and rows:
         density = regions.density(np.array(rows), conf["density_k"])
         if density is not None:

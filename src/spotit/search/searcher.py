@@ -153,7 +153,9 @@ class Searcher:
         if method == "hybrid":  # every candidate's verdict at once: a million-photo search may rank thousands
             checks = [per_crop[best_crop[i]][1].get(i) for i in ranked]
             evidence = np.array([check.score if check else 0.0 for check in checks])
-            similarity = merged[ranked] - rerank.bonus(evidence, self.conf)
+            matched = np.array([check.matches if check else 0 for check in checks])
+            boxed = np.array([crops[best_crop[i]][3] for i in ranked], bool)
+            similarity = merged[ranked] - rerank.added(evidence, matched, boxed, self.conf)
             confidence = verdict.probability(evidence, similarity)
         results = []
         for at, i in enumerate(ranked.tolist()):

@@ -40,6 +40,7 @@ class Verification:
     # the evidence: inliers weighted by where they lie in the query box (see confs); rerank.confirm raises
     # a weak fit's to the verification threshold where its photo looks like the object
     score: float = 0.0
+    matches: int = 0  # ratio-test matches the fit was sought through, consistent or not
 
 
 _SQRT = np.sqrt(np.arange(256, dtype=np.float32))
@@ -124,8 +125,9 @@ def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, query
         gallery_size: tuple[float, float], boxed: bool = True, conf: dict = confs["default"]) -> Verification:
     """A robust homography (MAGSAC) through the matches, falling back to an affine fit when the homography
     is not sound. Inliers count only for a sound transform. `boxed`: the query is a box cut from a photo."""
+    unsound = Verification(0, None, matches=len(matches))
     if len(matches) < conf["min_matches"]:
-        return Verification(0, None)
+        return unsound
     src = query.keypoints[matches[:, 0], :2].astype(np.float32)
     dst = gallery.keypoints[matches[:, 1], :2].astype(np.float32)
     threshold = max(2.0, conf["threshold"] * max(gallery_size))
@@ -135,14 +137,14 @@ def fit(query: LocalFeatures, gallery: LocalFeatures, matches: np.ndarray, query
         affine, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold,
                                             maxIters=conf["max_iters"], confidence=conf["confidence"])
         if affine is None:
-            return Verification(0, None)
+            return unsound
         transform = np.vstack([affine, [0.0, 0.0, 1.0]])
         if not sound(transform, query_size, gallery_size, boxed, conf):
-            return Verification(0, None)
+            return unsound
     inlying = mask.ravel().astype(bool) if mask is not None else np.zeros(len(src), bool)
     inliers = int(inlying.sum())
     score = centre_weighted(src[inlying], query_size, conf) if boxed else float(inliers)
-    return Verification(inliers, transform, score)
+    return Verification(inliers, transform, score, len(matches))
 
 
 def verify_many(query: LocalFeatures, galleries: list[LocalFeatures], query_size: tuple[float, float],
