@@ -74,6 +74,25 @@ def test_a_cut_off_never_splits_a_tie_and_holds_on_every_set():
     assert verdict.cut_off([(p, np.zeros(5))], 0.5) > 0.9  # never reached: nothing is a yes
 
 
+def test_the_matches_hint_moves_whole_photo_scores_but_no_verdict(demo_index, demo, monkeypatch):
+    """rerank.hint reorders unverified whole photos; what a result is judged by stays the CNN and the fit."""
+    cat = demo["gallery"] / "cat-1.jpg"
+
+    def results(conf, *query):
+        monkeypatch.setattr(demo_index, "search_conf", conf)
+        return {hit.id: hit for hit in demo_index.search(*query, top=100)}  # the whole gallery
+
+    for query in ((cat,), ([demo["query"], cat], [demo["box"], None]), (demo["query"], [demo["box"]])):
+        hinted, plain = results("default", *query), results("inlier-in-centre", *query)  # the step before
+        assert hinted.keys() == plain.keys()
+        for id, hit in hinted.items():
+            assert (hit.evidence, hit.query_photo, hit.match) == (plain[id].evidence, plain[id].query_photo, plain[id].match)
+            assert hit.similarity == pytest.approx(plain[id].similarity)
+            assert hit.confidence == pytest.approx(plain[id].confidence)
+        lifted = [id for id, hit in hinted.items() if hit.score > plain[id].score + 1e-9]
+        assert bool(lifted) == (len(query) == 1 or query[1][-1] is None)  # a boxed query alone: no hint
+
+
 # ---- several query photos --------------------------------------------------------------------------
 def test_several_photos_of_an_object_search_together(demo_index, demo):
     cat = demo["gallery"] / "cat-1.jpg"

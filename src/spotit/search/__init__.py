@@ -3,7 +3,7 @@
     matching.py   descriptor matching between two photos
     verify.py     spatial verification: one sound geometric transform, or none
     localise.py   where a verified object lies in a gallery photo
-    rerank.py     verification, query expansion and hubness reduction fused into one score
+    rerank.py     verification, query expansion, hubness reduction and match hints fused into one score
     verdict.py    yes / maybe / no, with a probability
     ranking.py    scores to rankings, and the rank-list file format
     scope.py      a part of the gallery to search (folder, dates taken)

@@ -34,10 +34,10 @@ confs = {
     # `density_k` nearest photos, relative to the shortlist's median (hubness reduction). Not for a boxed
     # object: a photo's neighbours are those of its scene, which says nothing about one object in it.
     # A whole photo that no homography verifies may still show the same place from elsewhere (a scene has
-    # depth): its ratio-test matches, as the seed's SIFT method counts them, are weak evidence. Unverified,
-    # it gains up to `matches_weight` (less than the least a verified photo gains), half of that at
-    # `matches_half` matches. Not for a boxed object: a box's surroundings match other photos of its place
-    # as well as the object does (it helped one clutter set and hurt three).
+    # depth): the ratio-test matches that verification found are weak evidence. Unverified, it gains up to
+    # `matches_weight` (less than the least a verified photo gains), half of that at `matches_half` matches.
+    # The verdict does not read it. Not for a boxed object: a box's surroundings match other photos of its
+    # place as well as the object does (it helped one clutter set, hurt one, and was mixed on two).
     "default": {"shortlist": 100, "rotated_shortlist": 10, "query_rotations": 4, "rotated_scale": 0.5,
                 "boxed_views": True, "boxed_scales": (1.0, 0.7), "min_inliers": 8, "weight": 1.0, "half": 40,
                 "qe": 2, "qe_min_inliers": 8, "verify": "default", "seen_boxes": True,
@@ -75,16 +75,20 @@ def fuse(cnn: np.ndarray, inliers: np.ndarray, conf: dict) -> np.ndarray:
     return cnn + bonus(inliers, conf)
 
 
-def hint(matches, inliers, conf: dict):
+def hint(inliers, matches, conf: dict):
     """What a whole photo's ratio-test matches add where it is not verified (see confs)."""
     matches = np.asarray(matches, np.float64)
     unverified = np.asarray(inliers) < conf["min_inliers"]
     return np.where(unverified, conf["matches_weight"] * matches / (matches + conf["matches_half"]), 0.0)
 
 
-def added(inliers, matches, boxed, conf: dict):
-    """All that verification adds to a CNN score: the bonus, and for a whole photo (not `boxed`) the hint."""
-    return bonus(inliers, conf) + np.where(boxed, 0.0, hint(matches, inliers, conf))
+def hints(checks: dict[int, Verification], size: int, boxed: bool, conf: dict) -> np.ndarray:
+    """Each of `size` photos' hint from its verification in `checks` (none for a boxed query, or unchecked)."""
+    out = np.zeros(size)
+    if not boxed and checks:
+        rows = np.fromiter(checks, np.int64, len(checks))
+        out[rows] = hint([c.score for c in checks.values()], [c.matches for c in checks.values()], conf)
+    return out
 
 
 def shortlist(upright: np.ndarray, rotated: np.ndarray, conf: dict) -> list[int]:
@@ -117,9 +121,8 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
     if boxed and alike is not None:
         confirm(checks, alike, conf)
     inliers = np.zeros(len(names))  # the evidence: inliers weighted by where they lie in the box
-    matches = np.zeros(len(names))
     for i, check in checks.items():
-        inliers[i], matches[i] = check.score, check.matches
+        inliers[i] = check.score
     verified = inliers >= conf["min_inliers"]
     # a verified image seen turned counts with the rotated query's score
     base = np.where(verified, np.maximum(upright, rotated), upright)
@@ -131,7 +134,7 @@ def rerank(query: LocalFeatures, query_size: tuple[int, int], boxed: bool, names
             best_regions = [block[:, np.argmax(query_vector @ block)] for block in blocks]
             expanded = l2_normalise(query_vector + np.sum(best_regions, axis=0))
             base = np.maximum(base, regions.requery(expanded)[0])
-    scores = base + added(inliers, matches, boxed, conf)
+    scores = fuse(base, inliers, conf) + hints(checks, len(names), boxed, conf)
     if not boxed and conf["density_weight"] and rows:
         density = regions.density(np.array(rows), conf["density_k"])
         if density is not None:

@@ -142,8 +142,11 @@ class Searcher:
                  for photo, (image, photo_boxes) in enumerate(zip(images, boxes)) for box in (photo_boxes or [None])]
         per_crop = [self.scores(snap, crop, method, progress, side, boxed, mask, top) for _, crop, side, boxed in crops]
         stacked = np.stack([scores for scores, _ in per_crop])
-        best_crop = stacked.argmax(axis=0)
         merged = stacked.max(axis=0)
+        if method == "hybrid":  # a result is judged by its crop with the best evidence, not the best hint
+            stacked = stacked - np.stack([rerank.hints(checks, len(merged), boxed, self.conf)
+                                          for (_, checks), (_, _, _, boxed) in zip(per_crop, crops)])
+        best_crop = stacked.argmax(axis=0)
         limit, accepted = top, verdict.VERDICTS
         if matches:
             merged, limit = could_match(merged, [checks for _, checks in per_crop], matches)
@@ -153,9 +156,7 @@ class Searcher:
         if method == "hybrid":  # every candidate's verdict at once: a million-photo search may rank thousands
             checks = [per_crop[best_crop[i]][1].get(i) for i in ranked]
             evidence = np.array([check.score if check else 0.0 for check in checks])
-            matched = np.array([check.matches if check else 0 for check in checks])
-            boxed = np.array([crops[best_crop[i]][3] for i in ranked], bool)
-            similarity = merged[ranked] - rerank.added(evidence, matched, boxed, self.conf)
+            similarity = stacked[best_crop[ranked], ranked] - rerank.bonus(evidence, self.conf)
             confidence = verdict.probability(evidence, similarity)
         results = []
         for at, i in enumerate(ranked.tolist()):
